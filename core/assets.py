@@ -1,0 +1,159 @@
+"""Assets: registering, replacing, reading and deleting originals.
+
+Bytes go to storage first, outside any transaction, under a fresh key; the row
+changes in one short transaction; objects the change made unreachable are deleted
+after commit. A failure before commit deletes the fresh upload, so a failed put
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from core.config import Settings
+from core.database import Database, Row
+from core.errors import FailedPrecondition, NotFound
+from core.media import Spooled, pixel_size, resolve_media_type, spool_stream
+from core.storage import ObjectStorage, check_location
+
+log = logging.getLogger("derivatives.assets")
+
+# Called inside the put transaction with the new asset row, to queue its default
+# derivatives atomically with the change (set by the derivative machinery).
+OnOriginalChanged = Callable[[psycopg.AsyncConnection[Row], Row], Awaitable[None]]
+
+
+@dataclass
+class AssetView:
+    asset: Row
+    derivatives: list[Row] = field(default_factory=list)
+
+
+class Assets:
+    def __init__(self, db: Database, storage: ObjectStorage, settings: Settings) -> None:
+        self.db = db
+        self.storage = storage
+        self.settings = settings
+        self.on_original_changed: OnOriginalChanged | None = None
+        self.tmp_dir = settings.data_path / "tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def temp_path(self) -> Path:
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-")
+        import os
+
+        os.close(fd)
+        return Path(name)
+
+    async def spool_from_storage(self, bucket: str, key: str) -> Spooled:
+        check_location(bucket, key)
+        path = self.temp_path()
+
+        def copy() -> Spooled:
+            with self.storage.open(bucket, key) as src:
+                return spool_stream(src, path)
+
+        try:
+            return await asyncio.to_thread(copy)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+    async def put(
+        self,
+        asset_id: str,
+        declared_type: str,
+        spooled: Spooled,
+        *,
+        filename: str = "",
+        skip_derivatives: bool = False,
+    ) -> AssetView:
+        """Store `spooled` as the asset's original (consumes the temp file)."""
+        try:
+            media_type = resolve_media_type(declared_type, spooled.head)
+            width, height = await asyncio.to_thread(pixel_size, spooled.path, media_type)
+            bucket = self.settings.bucket_originals
+            key = f"{asset_id}/{uuid.uuid4().hex}"
+            await asyncio.to_thread(self.storage.put_file, bucket, key, spooled.path, content_type=media_type)
+        finally:
+            spooled.path.unlink(missing_ok=True)
+        values = dict(
+            asset_id=asset_id,
+            content_type=media_type,
+            size_bytes=spooled.size,
+            sha512=spooled.sha512,
+            width=width,
+            height=height,
+            filename=filename,
+            bucket=bucket,
+            object_key=key,
+        )
+        garbage: list[tuple[str, str]] = []
+        try:
+            row = await self._commit_original(values, skip_derivatives, garbage)
+        except BaseException:
+            garbage = [(bucket, key)]
+            raise
+        finally:
+            await self.delete_objects(garbage)
+        return await self.get(row["asset_id"])
+
+    async def _commit_original(self, values: Row, skip_derivatives: bool, garbage: list[tuple[str, str]]) -> Row:
+        async with self.db.transaction() as conn:
+            current = await self.db.fetchone("lock_asset", conn, asset_id=values["asset_id"])
+            if current is None:
+                row = await self.db.fetchone("insert_asset", conn, **values)
+                if row is None:  # created concurrently since our lock attempt: replace it instead
+                    current = await self.db.fetchone("lock_asset", conn, asset_id=values["asset_id"])
+            if current is not None:
+                if current["sha512"] == values["sha512"] and current["content_type"] == values["content_type"]:
+                    # Same bytes again: keep the stored original and its derivatives.
+                    garbage.append((values["bucket"], values["object_key"]))
+                    return current
+                old = await self.db.fetchall("delete_derivatives_of_asset", conn, asset_id=values["asset_id"])
+                row = await self.db.fetchone("replace_original", conn, **values)
+                garbage.append((current["bucket"], current["object_key"]))
+                garbage.extend((d["bucket"], d["object_key"]) for d in old)
+            assert row is not None
+            if not skip_derivatives and self.on_original_changed is not None:
+                await self.on_original_changed(conn, row)
+            return row
+
+    async def get(self, asset_id: str) -> AssetView:
+        async with self.db.connection() as conn:
+            asset = await self.db.fetchone("get_asset", conn, asset_id=asset_id)
+            if asset is None:
+                raise NotFound(f"asset {asset_id!r} not found")
+            derivatives = await self.db.fetchall("list_derivatives", conn, asset_id=asset_id)
+        return AssetView(asset, derivatives)
+
+    async def delete(self, asset_id: str) -> None:
+        garbage: list[tuple[str, str]] = []
+        async with self.db.transaction() as conn:
+            asset = await self.db.fetchone("lock_asset", conn, asset_id=asset_id)
+            if asset is None:
+                raise NotFound(f"asset {asset_id!r} not found")
+            works = await self.db.fetchall("works_containing_asset", conn, asset_id=asset_id)
+            if works:
+                names = ", ".join(w["work_id"] for w in works)
+                raise FailedPrecondition(f"asset {asset_id!r} is a member of work(s) {names}; remove it there first")
+            old = await self.db.fetchall("delete_derivatives_of_asset", conn, asset_id=asset_id)
+            await self.db.execute("delete_asset", conn, asset_id=asset_id)
+            garbage = [(asset["bucket"], asset["object_key"]), *((d["bucket"], d["object_key"]) for d in old)]
+        await self.delete_objects(garbage)
+
+    async def delete_objects(self, locations: list[tuple[str, str]]) -> None:
+        """Best effort after commit: the rows no longer point at these objects."""
+        for bucket, key in locations:
+            try:
+                await asyncio.to_thread(self.storage.delete, bucket, key)
+            except Exception as exc:
+                log.warning("could not delete %s/%s (left orphaned): %s", bucket, key, exc)

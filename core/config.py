@@ -1,0 +1,111 @@
+"""Settings from environment variables, optionally seeded from a TOML file.
+
+Precedence: environment variable > TOML file (`DERIVATIVES_CONFIG`) > default.
+Each setting's environment variable is listed in README.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    # gRPC listen address.
+    listen: str = field(default="127.0.0.1:50051", metadata={"env": "DERIVATIVES_LISTEN"})
+    # Postgres URL; empty starts an embedded server under data_dir/pg.
+    database_url: str = field(default="", metadata={"env": "DATABASE_URL"})
+    # Where embedded Postgres and filesystem storage keep their files.
+    data_dir: str = field(default=".data", metadata={"env": "DERIVATIVES_DATA_DIR"})
+    # Object storage backend: "file" or "s3".
+    storage: str = field(default="file", metadata={"env": "DERIVATIVES_STORAGE"})
+    s3_endpoint: str = field(default="127.0.0.1:9000", metadata={"env": "S3_ENDPOINT"})
+    s3_access_key: str = field(default="", metadata={"env": "S3_ACCESS_KEY"})
+    s3_secret_key: str = field(default="", metadata={"env": "S3_SECRET_KEY"})
+    s3_region: str = field(default="us-east-1", metadata={"env": "S3_REGION"})
+    s3_secure: bool = field(default=False, metadata={"env": "S3_SECURE"})
+    bucket_originals: str = field(default="originals", metadata={"env": "DERIVATIVES_BUCKET_ORIGINALS"})
+    bucket_derivatives: str = field(default="derivatives", metadata={"env": "DERIVATIVES_BUCKET_DERIVATIVES"})
+    bucket_bundles: str = field(default="bundles", metadata={"env": "DERIVATIVES_BUCKET_BUNDLES"})
+    # Largest gRPC message accepted (PutAsset's inline `data`).
+    max_message_bytes: int = field(default=64 * 1024 * 1024, metadata={"env": "DERIVATIVES_MAX_MESSAGE_BYTES"})
+    # Worker processes in the server's pool; 0 runs no jobs in this process.
+    workers: int = field(default=0, metadata={"env": "DERIVATIVES_WORKERS"})
+    # Largest original (width x height) a transformer will decode.
+    max_pixels: int = field(default=200_000_000, metadata={"env": "DERIVATIVES_MAX_PIXELS"})
+    # TOML file of derivative definitions; empty uses the built-in set.
+    definitions_file: str = field(default="", metadata={"env": "DERIVATIVES_DEFINITIONS"})
+    # Presigned URL lifetime in seconds.
+    url_expiry_seconds: int = field(default=2 * 24 * 3600, metadata={"env": "DERIVATIVES_URL_EXPIRY"})
+    # Seconds in-flight calls get to finish on SIGTERM/SIGINT.
+    shutdown_grace_seconds: float = field(default=10.0, metadata={"env": "DERIVATIVES_SHUTDOWN_GRACE"})
+    # Seconds between health probes of Postgres and storage.
+    health_interval_seconds: float = field(default=2.0, metadata={"env": "DERIVATIVES_HEALTH_INTERVAL"})
+    # Postgres connection pool size.
+    db_pool_size: int = field(default=10, metadata={"env": "DERIVATIVES_DB_POOL_SIZE"})
+    log_level: str = field(default="INFO", metadata={"env": "DERIVATIVES_LOG_LEVEL"})
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+    @property
+    def buckets(self) -> tuple[str, str, str]:
+        return (self.bucket_originals, self.bucket_derivatives, self.bucket_bundles)
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings (for worker processes)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.metadata["env"]] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        return out
+
+
+def _coerce(raw: Any, typ: Any, name: str) -> Any:
+    kind = typ if isinstance(typ, type) else {"str": str, "int": int, "float": float, "bool": bool}[str(typ)]
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected {kind.__name__}, got {raw!r}") from None
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build Settings from `env` (default: os.environ) and the optional TOML file."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    toml_path = env.get("DERIVATIVES_CONFIG", "")
+    if toml_path:
+        with open(toml_path, "rb") as fh:
+            data = tomllib.load(fh)
+        known = {f.name for f in dataclasses.fields(Settings)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{toml_path}: unknown settings {sorted(unknown)}")
+        values.update(data)
+    for f in dataclasses.fields(Settings):
+        if f.metadata["env"] in env:
+            values[f.name] = env[f.metadata["env"]]
+    coerced = {
+        f.name: _coerce(values[f.name], f.type, f.metadata["env"])
+        for f in dataclasses.fields(Settings)
+        if f.name in values
+    }
+    settings = Settings(**coerced)
+    if settings.storage not in ("file", "s3"):
+        raise ValueError(f"DERIVATIVES_STORAGE: expected 'file' or 's3', got {settings.storage!r}")
+    return settings

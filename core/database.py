@@ -1,0 +1,157 @@
+"""Postgres: the embedded default server, the connection pool, migrations, named queries."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from core.errors import Unavailable
+
+log = logging.getLogger("derivatives.database")
+
+Row = dict[str, Any]
+_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+# Serializes migration runs of several processes starting at once.
+_MIGRATION_LOCK = 7_263_511
+
+
+def load_queries() -> dict[str, str]:
+    text = resources.files("core").joinpath("sql/queries.sql").read_text()
+    parts = _NAME.split(text)
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+QUERIES = load_queries()
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every numbered file, in order."""
+    found = []
+    for entry in resources.files("core").joinpath("sql/migrations").iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text()))
+    return sorted(found)
+
+
+class EmbeddedPostgres:
+    """A private Postgres (the pgserver wheel) under `data_dir/pg`, stopped by `stop()`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = data_dir / "pg"
+        self._server: Any = None
+
+    def start(self) -> str:
+        import pgserver  # imported here: production with DATABASE_URL never needs it
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        uri: str = self._server.get_uri()
+        log.info("embedded postgres running in %s", self.pgdata)
+        return uri
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+            log.info("embedded postgres stopped")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when `exc` means Postgres could not be reached (not a bad query)."""
+    return isinstance(exc, PoolTimeout | psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled)
+
+
+class Database:
+    """An async connection pool plus the named queries."""
+
+    def __init__(self, url: str, *, max_size: int = 10, name: str = "derivatives") -> None:
+        self.url = url
+        self.pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            timeout=5.0,
+            kwargs={"row_factory": dict_row, "autocommit": True, "application_name": name},
+            check=AsyncConnectionPool.check_connection,
+        )
+
+    async def open(self) -> None:
+        await self.pool.open(wait=True, timeout=30.0)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            if is_unavailable(exc):
+                raise Unavailable("database unavailable") from exc
+            raise
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+        async with self.connection() as conn, conn.transaction():
+            yield conn
+
+    async def fetchone(self, name: str, conn: psycopg.AsyncConnection[Row] | None = None, **params: Any) -> Row | None:
+        if conn is not None:
+            cur = await conn.execute(QUERIES[name], params)
+            return await cur.fetchone()
+        async with self.connection() as own:
+            cur = await own.execute(QUERIES[name], params)
+            return await cur.fetchone()
+
+    async def fetchall(self, name: str, conn: psycopg.AsyncConnection[Row] | None = None, **params: Any) -> list[Row]:
+        if conn is not None:
+            cur = await conn.execute(QUERIES[name], params)
+            return await cur.fetchall()
+        async with self.connection() as own:
+            cur = await own.execute(QUERIES[name], params)
+            return await cur.fetchall()
+
+    async def execute(self, name: str, conn: psycopg.AsyncConnection[Row] | None = None, **params: Any) -> None:
+        if conn is not None:
+            await conn.execute(QUERIES[name], params)
+            return
+        async with self.connection() as own:
+            await own.execute(QUERIES[name], params)
+
+    async def ping(self) -> None:
+        async with self.connection() as conn:
+            await conn.execute("SELECT 1")
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations in order, in one transaction under an advisory lock; returns those applied."""
+        applied: list[int] = []
+        async with self.connection() as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                cur = await conn.execute("SELECT version FROM schema_migrations")
+                done = {row["version"] for row in await cur.fetchall()}
+                for version, name, sql in migrations():
+                    if version in done:
+                        continue
+                    await conn.execute(sql.encode())
+                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+                    applied.append(version)
+                    log.info("applied migration %04d_%s", version, name)
+        return applied

@@ -1,0 +1,43 @@
+"""Validation of identifiers that clients send."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from core.errors import InvalidArgument
+
+CALLER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+DERIVATIVE_KEY = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
+SHA512_HEX = re.compile(r"[0-9a-f]{128}")
+
+
+def check_caller_id(value: str, field: str, violations: list[tuple[str, str]]) -> None:
+    if not value:
+        violations.append((field, "required"))
+    elif not CALLER_ID.fullmatch(value):
+        violations.append((field, "must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}"))
+
+
+def check_key(value: str, field: str, violations: list[tuple[str, str]]) -> None:
+    if not value:
+        violations.append((field, "required"))
+    elif not DERIVATIVE_KEY.fullmatch(value):
+        violations.append((field, "must match [a-z0-9][a-z0-9_]{0,63}"))
+
+
+def require_caller_id(value: str, field: str) -> str:
+    violations: list[tuple[str, str]] = []
+    check_caller_id(value, field, violations)
+    if violations:
+        raise InvalidArgument(violations)
+    return value
+
+
+def require_uuid(value: str, field: str) -> uuid.UUID:
+    if not value:
+        raise InvalidArgument.one(field, "required")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument.one(field, "must be a UUID") from None

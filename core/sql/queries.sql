@@ -1,0 +1,144 @@
+-- Every SQL statement the service runs, by name. Loaded by core.database.Queries.
+-- A block starts with `-- name: NAME` and runs to the next one.
+
+-- name: get_asset
+SELECT * FROM assets WHERE asset_id = %(asset_id)s;
+
+-- name: lock_asset
+SELECT * FROM assets WHERE asset_id = %(asset_id)s FOR UPDATE;
+
+-- name: insert_asset
+INSERT INTO assets (asset_id, content_type, size_bytes, sha512, width, height, filename, bucket, object_key)
+VALUES (%(asset_id)s, %(content_type)s, %(size_bytes)s, %(sha512)s, %(width)s, %(height)s, %(filename)s,
+        %(bucket)s, %(object_key)s)
+ON CONFLICT (asset_id) DO NOTHING
+RETURNING *;
+
+-- name: replace_original
+UPDATE assets
+SET content_type = %(content_type)s, size_bytes = %(size_bytes)s, sha512 = %(sha512)s, width = %(width)s,
+    height = %(height)s, filename = %(filename)s, bucket = %(bucket)s, object_key = %(object_key)s,
+    derivative_failures = '{}'::jsonb, updated_at = now()
+WHERE asset_id = %(asset_id)s
+RETURNING *;
+
+-- name: delete_asset
+DELETE FROM assets WHERE asset_id = %(asset_id)s RETURNING *;
+
+-- name: works_containing_asset
+SELECT DISTINCT work_id FROM work_members WHERE asset_id = %(asset_id)s ORDER BY work_id LIMIT 10;
+
+-- name: list_derivatives
+SELECT * FROM derivatives WHERE asset_id = %(asset_id)s ORDER BY key;
+
+-- name: get_derivative
+SELECT * FROM derivatives WHERE asset_id = %(asset_id)s AND key = %(key)s;
+
+-- name: delete_derivatives_of_asset
+DELETE FROM derivatives WHERE asset_id = %(asset_id)s RETURNING bucket, object_key;
+
+-- name: upsert_derivative
+-- Returns the replaced row's location (old_bucket/old_object_key), NULL when new.
+WITH old AS (
+    SELECT bucket, object_key FROM derivatives WHERE asset_id = %(asset_id)s AND key = %(key)s FOR UPDATE
+), up AS (
+    INSERT INTO derivatives (asset_id, key, content_type, size_bytes, width, height, sha512, original_sha512,
+                             bucket, object_key, metadata)
+    VALUES (%(asset_id)s, %(key)s, %(content_type)s, %(size_bytes)s, %(width)s, %(height)s, %(sha512)s,
+            %(original_sha512)s, %(bucket)s, %(object_key)s, %(metadata)s)
+    ON CONFLICT (asset_id, key) DO UPDATE
+    SET content_type = EXCLUDED.content_type, size_bytes = EXCLUDED.size_bytes, width = EXCLUDED.width,
+        height = EXCLUDED.height, sha512 = EXCLUDED.sha512, original_sha512 = EXCLUDED.original_sha512,
+        bucket = EXCLUDED.bucket, object_key = EXCLUDED.object_key, metadata = EXCLUDED.metadata,
+        created_at = now()
+    RETURNING *
+)
+SELECT up.*, old.bucket AS old_bucket, old.object_key AS old_object_key FROM up LEFT JOIN old ON true;
+
+-- name: delete_derivative
+DELETE FROM derivatives WHERE asset_id = %(asset_id)s AND key = %(key)s RETURNING bucket, object_key;
+
+-- name: set_derivative_failure
+UPDATE assets
+SET derivative_failures = derivative_failures || jsonb_build_object(%(key)s::text,
+        jsonb_build_object('reason', %(reason)s::text, 'failed_at', now()))
+WHERE asset_id = %(asset_id)s AND sha512 = %(original_sha512)s;
+
+-- name: clear_derivative_failure
+UPDATE assets SET derivative_failures = derivative_failures - %(key)s::text WHERE asset_id = %(asset_id)s;
+
+-- name: get_work
+SELECT * FROM works WHERE work_id = %(work_id)s;
+
+-- name: upsert_work
+INSERT INTO works (work_id, title, creator, url)
+VALUES (%(work_id)s, %(title)s, %(creator)s, %(url)s)
+ON CONFLICT (work_id) DO UPDATE
+SET title = EXCLUDED.title, creator = EXCLUDED.creator, url = EXCLUDED.url, updated_at = now()
+RETURNING *;
+
+-- name: lock_work
+SELECT * FROM works WHERE work_id = %(work_id)s FOR UPDATE;
+
+-- name: delete_work_members
+DELETE FROM work_members WHERE work_id = %(work_id)s;
+
+-- name: insert_work_members
+INSERT INTO work_members (work_id, position, asset_id)
+SELECT %(work_id)s, m.ord::integer, m.asset_id
+FROM unnest(%(asset_ids)s::text[]) WITH ORDINALITY AS m (asset_id, ord);
+
+-- name: list_work_members
+SELECT asset_id FROM work_members WHERE work_id = %(work_id)s ORDER BY position;
+
+-- name: existing_asset_ids
+SELECT asset_id FROM assets WHERE asset_id = ANY(%(asset_ids)s::text[]);
+
+-- name: insert_job
+INSERT INTO jobs (job_id, kind, payload, total)
+VALUES (%(job_id)s, %(kind)s, %(payload)s, %(total)s)
+RETURNING *;
+
+-- name: get_job
+SELECT * FROM jobs WHERE job_id = %(job_id)s;
+
+-- name: notify_job
+SELECT pg_notify('derivatives_progress', %(payload)s::text);
+
+-- name: claim_job
+-- One ready job, skipping rows other workers hold. A job whose worker stopped
+-- heartbeating is ready again (its lease expired).
+UPDATE jobs SET stage = 'running', attempts = attempts + 1, worker_id = %(worker_id)s,
+               heartbeat_at = now(), updated_at = now(), seq = seq + 1
+WHERE job_id = (
+    SELECT job_id FROM jobs
+    WHERE kind = ANY(%(kinds)s::text[])
+      AND ((stage = 'queued' AND run_after <= now())
+           OR (stage IN ('running', 'finishing') AND heartbeat_at < now() - make_interval(secs => %(lease_seconds)s)))
+    ORDER BY run_after, created_at
+    FOR UPDATE SKIP LOCKED
+    LIMIT 1
+)
+RETURNING *;
+
+-- name: heartbeat_job
+UPDATE jobs SET heartbeat_at = now() WHERE job_id = %(job_id)s AND worker_id = %(worker_id)s
+RETURNING job_id;
+
+-- name: progress_job
+UPDATE jobs SET done = %(done)s, total = %(total)s, stage = %(stage)s, failures = %(failures)s,
+               heartbeat_at = now(), updated_at = now(), seq = seq + 1
+WHERE job_id = %(job_id)s AND worker_id = %(worker_id)s
+RETURNING *;
+
+-- name: finish_job
+UPDATE jobs SET stage = %(stage)s, done = %(done)s, failures = %(failures)s, error = %(error)s, result = %(result)s,
+               finished_at = now(), updated_at = now(), seq = seq + 1, worker_id = NULL
+WHERE job_id = %(job_id)s AND worker_id = %(worker_id)s
+RETURNING *;
+
+-- name: retry_job
+UPDATE jobs SET stage = 'queued', run_after = now() + make_interval(secs => %(delay_seconds)s), error = %(error)s,
+               worker_id = NULL, updated_at = now(), seq = seq + 1
+WHERE job_id = %(job_id)s AND worker_id = %(worker_id)s
+RETURNING *;

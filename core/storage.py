@@ -1,0 +1,279 @@
+"""Object storage: one small streaming interface, a filesystem and an S3 (minio SDK) backend.
+
+The interface is synchronous: worker processes call it directly and the asyncio
+server calls it through `asyncio.to_thread`. No method holds a whole object in
+memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import quote
+
+from core.config import Settings
+from core.errors import InvalidArgument, NotFound, Unavailable
+
+log = logging.getLogger("derivatives.storage")
+
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+PART_SIZE = 16 * 1024 * 1024
+CHUNK = 1024 * 1024
+
+
+class StorageUnavailable(Unavailable):
+    pass
+
+
+class ObjectMissing(NotFound):
+    pass
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    bucket: str
+    key: str
+    size: int
+
+
+def check_location(bucket: str, key: str, prefix: str = "storage_ref") -> None:
+    """Reject names that are not valid buckets or that could escape a filesystem root."""
+    violations = []
+    if not BUCKET_NAME.fullmatch(bucket or ""):
+        violations.append((f"{prefix}.bucket", "must be a valid bucket name ([a-z0-9.-], 3-63 characters)"))
+    parts = (key or "").split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in key:
+        violations.append((f"{prefix}.key", "must be a relative object key without empty, '.' or '..' segments"))
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def attachment_disposition(filename: str) -> str:
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+
+
+class ObjectStorage(Protocol):
+    backend: str
+
+    def ensure_buckets(self, buckets: tuple[str, ...]) -> None: ...
+    def ping(self) -> None: ...
+    def put(self, bucket: str, key: str, stream: BinaryIO, *, length: int = -1, content_type: str = "") -> None: ...
+    def put_file(self, bucket: str, key: str, path: Path, *, content_type: str = "") -> None: ...
+    @contextmanager
+    def open(self, bucket: str, key: str) -> Iterator[BinaryIO]: ...
+    def download(self, bucket: str, key: str, path: Path) -> None: ...
+    def stat(self, bucket: str, key: str) -> ObjectInfo | None: ...
+    def delete(self, bucket: str, key: str) -> None: ...
+    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]: ...
+    def presign(self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "") -> str: ...
+
+
+class FileStorage:
+    """Objects as files under `root/bucket/key`; writes land atomically by rename."""
+
+    backend = "file"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, bucket: str, key: str) -> Path:
+        check_location(bucket, key)
+        return self.root / bucket / key
+
+    def ensure_buckets(self, buckets: tuple[str, ...]) -> None:
+        for bucket in buckets:
+            (self.root / bucket).mkdir(parents=True, exist_ok=True)
+
+    def ping(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"storage root {self.root}: {exc}") from exc
+        if not os.access(self.root, os.W_OK):
+            raise StorageUnavailable(f"storage root {self.root} is not a writable directory")
+
+    def put(self, bucket: str, key: str, stream: BinaryIO, *, length: int = -1, content_type: str = "") -> None:
+        target = self._path(bucket, key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(stream, out, CHUNK)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def put_file(self, bucket: str, key: str, path: Path, *, content_type: str = "") -> None:
+        with open(path, "rb") as fh:
+            self.put(bucket, key, fh, content_type=content_type)
+
+    @contextmanager
+    def open(self, bucket: str, key: str) -> Iterator[BinaryIO]:
+        try:
+            fh = open(self._path(bucket, key), "rb")
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {bucket}/{key} not found") from None
+        with fh:
+            yield fh
+
+    def download(self, bucket: str, key: str, path: Path) -> None:
+        with self.open(bucket, key) as src, open(path, "wb") as out:
+            shutil.copyfileobj(src, out, CHUNK)
+
+    def stat(self, bucket: str, key: str) -> ObjectInfo | None:
+        try:
+            return ObjectInfo(bucket, key, self._path(bucket, key).stat().st_size)
+        except FileNotFoundError:
+            return None
+
+    def delete(self, bucket: str, key: str) -> None:
+        path = self._path(bucket, key)
+        path.unlink(missing_ok=True)
+        # Drop empty parent directories so deleted assets leave nothing behind.
+        parent, top = path.parent, self.root / bucket
+        while parent != top:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = self.root / bucket
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue
+                full = Path(dirpath) / name
+                key = full.relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    yield ObjectInfo(bucket, key, full.stat().st_size)
+
+    def presign(self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "") -> str:
+        return ""  # no URL reaches a local file from another host; callers use the streaming RPCs
+
+
+class S3Storage:
+    """S3 or MinIO through the minio SDK; uploads of unknown length go multipart."""
+
+    backend = "s3"
+
+    def __init__(self, settings: Settings) -> None:
+        import urllib3
+        from minio import Minio
+
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=3.0, read=60.0),
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+            maxsize=16,
+        )
+        self.client = Minio(
+            settings.s3_endpoint,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+            http_client=http,
+        )
+        self.endpoint = settings.s3_endpoint
+
+    @contextmanager
+    def _errors(self, bucket: str = "", key: str = "") -> Iterator[None]:
+        from minio.error import S3Error
+        from urllib3.exceptions import HTTPError
+
+        try:
+            yield
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                raise ObjectMissing(f"object {bucket}/{key} not found") from None
+            raise
+        except (HTTPError, OSError) as exc:
+            raise StorageUnavailable(f"object storage at {self.endpoint} unavailable") from exc
+
+    def ensure_buckets(self, buckets: tuple[str, ...]) -> None:
+        with self._errors():
+            for bucket in buckets:
+                if not self.client.bucket_exists(bucket):
+                    try:
+                        self.client.make_bucket(bucket)
+                    except Exception:
+                        if not self.client.bucket_exists(bucket):  # lost a creation race: fine
+                            raise
+
+    def ping(self) -> None:
+        with self._errors():
+            self.client.list_buckets()
+
+    def put(self, bucket: str, key: str, stream: BinaryIO, *, length: int = -1, content_type: str = "") -> None:
+        check_location(bucket, key)
+        with self._errors(bucket, key):
+            self.client.put_object(
+                bucket,
+                key,
+                stream,
+                length=length,
+                part_size=PART_SIZE if length < 0 else 0,
+                content_type=content_type or "application/octet-stream",
+            )
+
+    def put_file(self, bucket: str, key: str, path: Path, *, content_type: str = "") -> None:
+        with open(path, "rb") as fh:
+            self.put(bucket, key, fh, length=os.fstat(fh.fileno()).st_size, content_type=content_type)
+
+    @contextmanager
+    def open(self, bucket: str, key: str) -> Iterator[BinaryIO]:
+        check_location(bucket, key)
+        with self._errors(bucket, key):
+            response = self.client.get_object(bucket, key)
+        try:
+            yield response  # type: ignore[misc]  # urllib3 response: a readable binary stream
+        finally:
+            response.close()
+            response.release_conn()
+
+    def download(self, bucket: str, key: str, path: Path) -> None:
+        with self.open(bucket, key) as src, open(path, "wb") as out, self._errors(bucket, key):
+            shutil.copyfileobj(src, out, CHUNK)
+
+    def stat(self, bucket: str, key: str) -> ObjectInfo | None:
+        check_location(bucket, key)
+        try:
+            with self._errors(bucket, key):
+                info = self.client.stat_object(bucket, key)
+        except ObjectMissing:
+            return None
+        return ObjectInfo(bucket, key, int(info.size or 0))
+
+    def delete(self, bucket: str, key: str) -> None:
+        check_location(bucket, key)
+        with self._errors(bucket, key):
+            self.client.remove_object(bucket, key)
+
+    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        with self._errors(bucket):
+            for obj in self.client.list_objects(bucket, prefix=prefix or None, recursive=True):
+                yield ObjectInfo(bucket, obj.object_name or "", int(obj.size or 0))
+
+    def presign(self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "") -> str:
+        headers = {"response-content-disposition": attachment_disposition(filename)} if filename else None
+        with self._errors(bucket, key):
+            url: str = self.client.presigned_get_object(bucket, key, expires=expires, response_headers=headers)
+        return url
+
+
+def open_storage(settings: Settings) -> ObjectStorage:
+    if settings.storage == "s3":
+        return S3Storage(settings)
+    return FileStorage(settings.data_path / "storage")

@@ -1,0 +1,53 @@
+"""Works: a title and an ordered list of member assets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from core.database import Database, Row
+from core.errors import NotFound
+
+MAX_MEMBERS = 100_000
+
+
+@dataclass
+class WorkView:
+    work: Row
+    member_asset_ids: list[str]
+
+
+class Works:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def put(self, work_id: str, title: str, member_asset_ids: list[str], creator: str, url: str) -> WorkView:
+        try:
+            async with self.db.transaction() as conn:
+                existing = {
+                    r["asset_id"]
+                    for r in await self.db.fetchall("existing_asset_ids", conn, asset_ids=list(set(member_asset_ids)))
+                }
+                missing = sorted(set(member_asset_ids) - existing)
+                if missing:
+                    shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
+                    raise NotFound(f"member asset(s) not found: {shown}")
+                work = await self.db.fetchone(
+                    "upsert_work", conn, work_id=work_id, title=title, creator=creator, url=url
+                )
+                assert work is not None
+                await self.db.execute("delete_work_members", conn, work_id=work_id)
+                if member_asset_ids:
+                    await self.db.execute("insert_work_members", conn, work_id=work_id, asset_ids=member_asset_ids)
+        except psycopg.errors.ForeignKeyViolation:
+            raise NotFound("a member asset was deleted while the work was being saved") from None
+        return WorkView(work, member_asset_ids)
+
+    async def get(self, work_id: str) -> WorkView:
+        async with self.db.connection() as conn:
+            work = await self.db.fetchone("get_work", conn, work_id=work_id)
+            if work is None:
+                raise NotFound(f"work {work_id!r} not found")
+            members = await self.db.fetchall("list_work_members", conn, work_id=work_id)
+        return WorkView(work, [m["asset_id"] for m in members])

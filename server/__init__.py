@@ -1,0 +1,1 @@
+"""The gRPC server: thin handlers that validate requests and delegate to core."""

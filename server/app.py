@@ -1,0 +1,92 @@
+"""Server lifecycle: dependencies up, gRPC serve, graceful drain on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import AsyncExitStack
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from core.assets import Assets
+from core.config import Settings
+from core.database import Database, EmbeddedPostgres
+from core.storage import open_storage
+from core.works import Works
+from derivatives.v1 import derivatives_pb2, derivatives_pb2_grpc
+from server.health import HealthMonitor
+from server.service import DerivativeService, Domain
+
+log = logging.getLogger("derivatives.server")
+
+KEEPALIVE = [
+    # Long-lived WatchProgress streams: ping idle connections, tolerate client pings.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("pgserver", "pyvips"):  # they log every subprocess and deprecation at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async with AsyncExitStack() as stack:
+        url = settings.database_url
+        if not url:
+            embedded = EmbeddedPostgres(settings.data_path)
+            url = await asyncio.to_thread(embedded.start)
+            stack.callback(embedded.stop)
+        db = Database(url, max_size=settings.db_pool_size, name="derivatives-server")
+        await db.open()
+        stack.push_async_callback(db.close)
+        await db.migrate()
+
+        storage = open_storage(settings)
+        domain = Domain(settings, storage, Assets(db, storage, settings), Works(db))
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                *KEEPALIVE,
+            ]
+        )
+        derivatives_pb2_grpc.add_DerivativeServiceServicer_to_server(DerivativeService(domain), server)
+        monitor = HealthMonitor(db, storage, settings.buckets, settings.health_interval_seconds)
+        health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
+        reflection.enable_server_reflection(
+            [
+                derivatives_pb2.DESCRIPTOR.services_by_name["DerivativeService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        port = server.add_insecure_port(settings.listen)
+        if port == 0:
+            raise SystemExit(f"cannot listen on {settings.listen}")
+        await monitor.start()
+        await server.start()
+        log.info("serving derivatives.v1.DerivativeService on %s (storage: %s)", settings.listen, storage.backend)
+        if ready is not None:
+            ready.set()
+
+        await stop.wait()
+        log.info("shutting down: draining in-flight calls for up to %.0fs", settings.shutdown_grace_seconds)
+        await monitor.shutdown()
+        await server.stop(settings.shutdown_grace_seconds)
+        log.info("stopped")

@@ -1,0 +1,96 @@
+"""Database rows to protobuf messages."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from core.assets import AssetView
+from core.database import Row
+from core.storage import ObjectStorage
+from core.works import WorkView
+from derivatives.v1 import derivatives_pb2 as pb
+
+EXTENSIONS = {
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/tiff": "tif",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "application/pdf": "pdf",
+    "image/avif": "avif",
+    "image/heic": "heic",
+}
+
+
+def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def derivative_filename(asset_id: str, key: str, content_type: str) -> str:
+    return f"{asset_id}_{key}.{EXTENSIONS.get(content_type, 'bin')}"
+
+
+def derivative(row: Row, storage: ObjectStorage, url_expiry: dt.timedelta) -> pb.Derivative:
+    filename = derivative_filename(row["asset_id"], row["key"], row["content_type"])
+    return pb.Derivative(
+        asset_id=row["asset_id"],
+        key=row["key"],
+        content_type=row["content_type"],
+        size_bytes=row["size_bytes"],
+        width=row["width"],
+        height=row["height"],
+        sha512=row["sha512"],
+        original_sha512=row["original_sha512"],
+        created_at=ts(row["created_at"]),
+        location=pb.StorageRef(bucket=row["bucket"], key=row["object_key"]),
+        url=storage.presign(row["bucket"], row["object_key"], expires=url_expiry, filename=filename),
+        filename=filename,
+        metadata={str(k): str(v) for k, v in (row["metadata"] or {}).items()},
+    )
+
+
+def asset(view: AssetView, storage: ObjectStorage, url_expiry: dt.timedelta, derivatives_created: bool) -> pb.Asset:
+    row = view.asset
+    failures: dict[str, Any] = row["derivative_failures"] or {}
+    return pb.Asset(
+        asset_id=row["asset_id"],
+        content_type=row["content_type"],
+        size_bytes=row["size_bytes"],
+        sha512=row["sha512"],
+        width=row["width"],
+        height=row["height"],
+        filename=row["filename"],
+        original=pb.StorageRef(bucket=row["bucket"], key=row["object_key"]),
+        created_at=ts(row["created_at"]),
+        updated_at=ts(row["updated_at"]),
+        derivatives_created=derivatives_created,
+        derivatives=[derivative(d, storage, url_expiry) for d in view.derivatives],
+        derivative_failures=[
+            pb.DerivativeFailure(
+                key=key,
+                reason=str(info.get("reason", "")),
+                failed_at=ts(dt.datetime.fromisoformat(info["failed_at"])) if info.get("failed_at") else None,
+            )
+            for key, info in sorted(failures.items())
+        ],
+    )
+
+
+def work(view: WorkView) -> pb.Work:
+    row = view.work
+    return pb.Work(
+        work_id=row["work_id"],
+        title=row["title"],
+        member_asset_ids=view.member_asset_ids,
+        creator=row["creator"],
+        url=row["url"],
+        created_at=ts(row["created_at"]),
+        updated_at=ts(row["updated_at"]),
+    )
