@@ -76,8 +76,9 @@ class Database:
 
     def __init__(self, url: str, *, max_size: int = 10, name: str = "derivatives") -> None:
         self.url = url
-        self.pool = AsyncConnectionPool(
+        self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] = AsyncConnectionPool(
             url,
+            connection_class=psycopg.AsyncConnection[Row],
             min_size=1,
             max_size=max_size,
             open=False,

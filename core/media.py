@@ -118,7 +118,7 @@ def spool_stream(stream: BinaryIO | Iterable[bytes], path: Path, chunk: int = 10
             for part in stream:
                 spooler.write(part)
         else:
-            while data := stream.read(chunk):  # type: ignore[union-attr]
+            while data := stream.read(chunk):
                 spooler.write(data)
     except BaseException:
         spooler.abort()

@@ -267,7 +267,9 @@ class S3Storage:
                 yield ObjectInfo(bucket, obj.object_name or "", int(obj.size or 0))
 
     def presign(self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "") -> str:
-        headers = {"response-content-disposition": attachment_disposition(filename)} if filename else None
+        headers: dict[str, str | list[str] | tuple[str]] | None = (
+            {"response-content-disposition": attachment_disposition(filename)} if filename else None
+        )
         with self._errors(bucket, key):
             url: str = self.client.presigned_get_object(bucket, key, expires=expires, response_headers=headers)
         return url

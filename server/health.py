@@ -48,6 +48,7 @@ class HealthMonitor:
                 await asyncio.to_thread(self.storage.ensure_buckets, self.buckets)
                 self._buckets_ready = True
         except Exception as exc:
+            self._buckets_ready = False  # storage may come back empty (a new endpoint): check again
             await self._set(False, f"({type(exc).__name__}: {exc})")
         else:
             await self._set(True)

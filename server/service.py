@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import empty_pb2
@@ -25,7 +25,7 @@ from server import convert
 from server.status import unary
 
 log = logging.getLogger("derivatives.service")
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 @dataclass
@@ -141,6 +141,37 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
     @unary
     async def GetWork(self, request: pb.GetWorkRequest, context: Context) -> pb.Work:
         return convert.work(await self.d.works.get(_ids(work_id=request.work_id)["work_id"]))
+
+    # --- not built yet: an explicit UNIMPLEMENTED, never a silent stub ------------------------
+
+    async def _unimplemented(self, context: Context, what: str) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented yet")
+
+    async def ListDerivativeDefinitions(self, request: Any, context: Context) -> Any:
+        return await self._unimplemented(context, "ListDerivativeDefinitions")
+
+    async def CreateDerivatives(self, request: Any, context: Context) -> Any:
+        return await self._unimplemented(context, "CreateDerivatives")
+
+    async def GetJob(self, request: Any, context: Context) -> Any:
+        return await self._unimplemented(context, "GetJob")
+
+    async def UpdateDerivative(self, request_iterator: Any, context: Context) -> Any:
+        return await self._unimplemented(context, "UpdateDerivative")
+
+    async def RemoveDerivative(self, request: Any, context: Context) -> Any:
+        return await self._unimplemented(context, "RemoveDerivative")
+
+    async def FindOrCreateBundle(self, request: Any, context: Context) -> Any:
+        return await self._unimplemented(context, "FindOrCreateBundle")
+
+    async def ReadBundle(self, request: Any, context: Context) -> AsyncIterator[pb.ReadBundleResponse]:
+        await self._unimplemented(context, "ReadBundle")
+        yield pb.ReadBundleResponse()
+
+    async def WatchProgress(self, request: Any, context: Context) -> AsyncIterator[pb.ProgressEvent]:
+        await self._unimplemented(context, "WatchProgress")
+        yield pb.ProgressEvent()
 
 
 def _ids(**fields: str) -> dict[str, str]:
