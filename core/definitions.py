@@ -1,0 +1,160 @@
+"""Derivative definitions: which keys exist, which originals they apply to, how they are made.
+
+Loaded from TOML (`core/definitions.toml` by default, or DERIVATIVES_DEFINITIONS),
+and extensible from Python with `Registry.register`. Among the definitions of one
+key, the most specific content-type match wins: `image/tiff` > `image` > none.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from core.errors import InvalidArgument
+from core.ids import DERIVATIVE_KEY
+
+# Built-in transformers (worker/imaging.py); "none" deliberately makes no derivative.
+BUILTIN_TRANSFORMERS = ("jpeg", "pdf_page_jpeg", "none")
+
+
+@dataclass(frozen=True)
+class Definition:
+    key: str
+    transformer: str = "jpeg"
+    # Full types (`image/tiff`) or primary types (`image`); empty matches anything.
+    content_types: tuple[str, ...] = ()
+    default_create: bool = True
+    # Bucket for the bytes; empty means the configured derivatives bucket.
+    bucket: str = ""
+    # 0 = full size. An original not wider than max_width gets no derivative of this key.
+    max_width: int = 0
+    thumbnail_mode: bool = False
+    quality: int = 85
+    options: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    def specificity(self, content_type: str) -> int | None:
+        """2 for a full-type match, 1 for a primary-type match, 0 for no filter, None for no match."""
+        if not self.content_types:
+            return 0
+        primary = content_type.split("/", 1)[0]
+        if content_type in self.content_types:
+            return 2
+        if primary in self.content_types:
+            return 1
+        return None
+
+    def applies_to_width(self, width: int) -> bool:
+        """False when a raster original is too narrow for this size (we never upscale).
+
+        PDF pages are vector: they render at any width, so the rule is for `jpeg` only.
+        """
+        if self.transformer != "jpeg":
+            return True
+        return self.max_width == 0 or width == 0 or width > self.max_width
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "transformer": self.transformer,
+            "content_types": list(self.content_types),
+            "default_create": self.default_create,
+            "bucket": self.bucket,
+            "max_width": self.max_width,
+            "thumbnail_mode": self.thumbnail_mode,
+            "quality": self.quality,
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Definition:
+        values = dict(data)
+        values["content_types"] = tuple(values.get("content_types", ()))
+        values["options"] = {str(k): str(v) for k, v in values.get("options", {}).items()}
+        return cls(**values)
+
+
+class Registry:
+    def __init__(self, definitions: list[Definition] | None = None) -> None:
+        self.definitions: list[Definition] = []
+        self.custom_transformers: set[str] = set()
+        for definition in definitions or []:
+            self.register(definition)
+
+    def register(self, definition: Definition) -> None:
+        problems = validate(definition, set(BUILTIN_TRANSFORMERS) | self.custom_transformers)
+        if problems:
+            raise ValueError(f"definition {definition.key!r}: " + "; ".join(problems))
+        self.definitions.append(definition)
+
+    def keys(self) -> list[str]:
+        return sorted({d.key for d in self.definitions})
+
+    def default_keys(self) -> list[str]:
+        return sorted({d.key for d in self.definitions if d.default_create})
+
+    def resolve(self, key: str, content_type: str) -> Definition | None:
+        """The most specific definition of `key` for `content_type`, or None."""
+        best: tuple[int, Definition] | None = None
+        for definition in self.definitions:
+            if definition.key != key:
+                continue
+            score = definition.specificity(content_type)
+            if score is not None and (best is None or score > best[0]):
+                best = (score, definition)
+        return best[1] if best else None
+
+    def check_keys(self, only: list[str], exclude: list[str]) -> None:
+        known = set(self.keys())
+        violations = [
+            (f"{name}[{i}]", f"unknown key {key!r}; valid keys: {', '.join(sorted(known))}")
+            for name, keys in (("only", only), ("exclude", exclude))
+            for i, key in enumerate(keys)
+            if key not in known
+        ]
+        if violations:
+            raise InvalidArgument(violations)
+
+    def plan(self, content_type: str, width: int, only: list[str], exclude: list[str]) -> list[Definition]:
+        """What to make for one original: resolved definitions, without "none" and too-wide sizes."""
+        keys = only or self.default_keys()
+        out = []
+        for key in sorted(set(keys) - set(exclude)):
+            definition = self.resolve(key, content_type)
+            if definition and definition.transformer != "none" and definition.applies_to_width(width):
+                out.append(definition)
+        return out
+
+    def sorted_definitions(self) -> list[Definition]:
+        return sorted(self.definitions, key=lambda d: (d.key, -len(d.content_types), d.content_types))
+
+
+def validate(definition: Definition, transformers: set[str]) -> list[str]:
+    problems = []
+    if not DERIVATIVE_KEY.fullmatch(definition.key):
+        problems.append("key must match [a-z0-9][a-z0-9_]{0,63}")
+    if definition.transformer not in transformers:
+        problems.append(f"unknown transformer {definition.transformer!r}")
+    if definition.max_width < 0:
+        problems.append("max_width must be >= 0")
+    if not 1 <= definition.quality <= 100:
+        problems.append("quality must be 1-100")
+    return problems
+
+
+def load_registry(path: str = "") -> Registry:
+    """Definitions from a TOML file of `[[derivative]]` tables (the built-in set when empty)."""
+    if path:
+        text = Path(path).read_text()
+    else:
+        text = resources.files("core").joinpath("definitions.toml").read_text()
+    data = tomllib.loads(text)
+    unknown = set(data) - {"derivative"}
+    if unknown:
+        raise ValueError(f"definitions: unknown tables {sorted(unknown)}")
+    registry = Registry()
+    for entry in data.get("derivative", []):
+        registry.register(Definition.from_dict(entry))
+    return registry
