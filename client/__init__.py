@@ -1,0 +1,1 @@
+"""Python client and the `derivatives` CLI. Knows only the generated stubs."""

@@ -10,25 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import psycopg
 
 from core.config import Settings
 from core.database import Database, Row
 from core.errors import FailedPrecondition, NotFound
+from core.jobs import Jobs
 from core.media import Spooled, pixel_size, resolve_media_type, spool_stream
-from core.storage import ObjectStorage, check_location
+from core.storage import ObjectStorage, check_location, delete_quietly
 
 log = logging.getLogger("derivatives.assets")
-
-# Called inside the put transaction with the new asset row, to queue its default
-# derivatives atomically with the change (set by the derivative machinery).
-OnOriginalChanged = Callable[[psycopg.AsyncConnection[Row], Row], Awaitable[None]]
 
 
 @dataclass
@@ -38,18 +33,16 @@ class AssetView:
 
 
 class Assets:
-    def __init__(self, db: Database, storage: ObjectStorage, settings: Settings) -> None:
+    def __init__(self, db: Database, storage: ObjectStorage, settings: Settings, jobs: Jobs) -> None:
         self.db = db
         self.storage = storage
         self.settings = settings
-        self.on_original_changed: OnOriginalChanged | None = None
+        self.jobs = jobs
         self.tmp_dir = settings.data_path / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
     def temp_path(self) -> Path:
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-")
-        import os
-
         os.close(fd)
         return Path(name)
 
@@ -123,8 +116,8 @@ class Assets:
                 garbage.append((current["bucket"], current["object_key"]))
                 garbage.extend((d["bucket"], d["object_key"]) for d in old)
             assert row is not None
-            if not skip_derivatives and self.on_original_changed is not None:
-                await self.on_original_changed(conn, row)
+            if not skip_derivatives:  # queued in this transaction: it exists iff the new original does
+                await self.jobs.create_derivatives([row["asset_id"]], conn=conn)
             return row
 
     async def get(self, asset_id: str) -> AssetView:
@@ -134,6 +127,9 @@ class Assets:
                 raise NotFound(f"asset {asset_id!r} not found")
             derivatives = await self.db.fetchall("list_derivatives", conn, asset_id=asset_id)
         return AssetView(asset, derivatives)
+
+    async def list_ids(self, after: str, limit: int) -> list[str]:
+        return [r["asset_id"] for r in await self.db.fetchall("list_asset_ids", after=after, limit=limit)]
 
     async def delete(self, asset_id: str) -> None:
         garbage: list[tuple[str, str]] = []
@@ -151,9 +147,4 @@ class Assets:
         await self.delete_objects(garbage)
 
     async def delete_objects(self, locations: list[tuple[str, str]]) -> None:
-        """Best effort after commit: the rows no longer point at these objects."""
-        for bucket, key in locations:
-            try:
-                await asyncio.to_thread(self.storage.delete, bucket, key)
-            except Exception as exc:
-                log.warning("could not delete %s/%s (left orphaned): %s", bucket, key, exc)
+        await delete_quietly(self.storage, locations)

@@ -34,8 +34,8 @@ class Settings:
     bucket_bundles: str = field(default="bundles", metadata={"env": "DERIVATIVES_BUCKET_BUNDLES"})
     # Largest gRPC message accepted (PutAsset's inline `data`).
     max_message_bytes: int = field(default=64 * 1024 * 1024, metadata={"env": "DERIVATIVES_MAX_MESSAGE_BYTES"})
-    # Worker processes in the server's pool; 0 runs no jobs in this process.
-    workers: int = field(default=0, metadata={"env": "DERIVATIVES_WORKERS"})
+    # Worker processes in this process's pool (default: one per core); 0 runs no jobs here.
+    workers: int = field(default=os.cpu_count() or 1, metadata={"env": "DERIVATIVES_WORKERS"})
     # Largest original (width x height) a transformer will decode.
     max_pixels: int = field(default=200_000_000, metadata={"env": "DERIVATIVES_MAX_PIXELS"})
     # TOML file of derivative definitions; empty uses the built-in set.
@@ -46,6 +46,8 @@ class Settings:
     shutdown_grace_seconds: float = field(default=10.0, metadata={"env": "DERIVATIVES_SHUTDOWN_GRACE"})
     # Seconds between health probes of Postgres and storage.
     health_interval_seconds: float = field(default=2.0, metadata={"env": "DERIVATIVES_HEALTH_INTERVAL"})
+    # A job whose runner has not heartbeated for this long is taken over by another.
+    job_lease_seconds: float = field(default=30.0, metadata={"env": "DERIVATIVES_JOB_LEASE_SECONDS"})
     # Postgres connection pool size.
     db_pool_size: int = field(default=10, metadata={"env": "DERIVATIVES_DB_POOL_SIZE"})
     log_level: str = field(default="INFO", metadata={"env": "DERIVATIVES_LOG_LEVEL"})

@@ -28,6 +28,17 @@ ALIASES = {
     "image/jpx": "image/jp2",
     "application/x-pdf": "application/pdf",
 }
+# File extensions for download names and object keys.
+EXTENSIONS = {
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/tiff": "tif",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "application/pdf": "pdf",
+    "image/avif": "avif",
+    "image/heic": "heic",
+}
 # Types we recognize from bytes: a declaration of one of them must match the bytes.
 SNIFFABLE = {
     "image/jpeg",

@@ -275,6 +275,17 @@ class S3Storage:
         return url
 
 
+async def delete_quietly(storage: ObjectStorage, locations: list[tuple[str, str]]) -> None:
+    """Best effort after commit: no row points at these objects any more."""
+    import asyncio
+
+    for bucket, key in locations:
+        try:
+            await asyncio.to_thread(storage.delete, bucket, key)
+        except Exception as exc:
+            log.warning("could not delete %s/%s (left orphaned): %s", bucket, key, exc)
+
+
 def open_storage(settings: Settings) -> ObjectStorage:
     if settings.storage == "s3":
         return S3Storage(settings)

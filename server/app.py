@@ -14,11 +14,16 @@ from grpc_reflection.v1alpha import reflection
 from core.assets import Assets
 from core.config import Settings
 from core.database import Database, EmbeddedPostgres
+from core.definitions import load_registry
+from core.derivatives import Derivatives
+from core.jobs import Jobs
 from core.storage import open_storage
 from core.works import Works
 from derivatives.v1 import derivatives_pb2, derivatives_pb2_grpc
 from server.health import HealthMonitor
 from server.service import DerivativeService, Domain
+from worker.pool import WorkerPool
+from worker.runner import Runner
 
 log = logging.getLogger("derivatives.server")
 
@@ -39,12 +44,19 @@ def configure_logging(level: str) -> None:
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    registry = load_registry(settings.definitions_file)  # a bad file stops start-up, before anything runs
+    # The pool is spawned before gRPC starts any thread: neither gRPC nor libvips survives fork.
+    pool = WorkerPool(settings, settings.workers) if settings.workers > 0 else None
+    if pool is not None:
+        pool.warm()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
     async with AsyncExitStack() as stack:
+        if pool is not None:
+            stack.callback(pool.shutdown)
         url = settings.database_url
         if not url:
             embedded = EmbeddedPostgres(settings.data_path)
@@ -56,7 +68,17 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         await db.migrate()
 
         storage = open_storage(settings)
-        domain = Domain(settings, storage, Assets(db, storage, settings), Works(db))
+        jobs = Jobs(db, settings.job_lease_seconds)
+        domain = Domain(
+            settings=settings,
+            storage=storage,
+            assets=Assets(db, storage, settings, jobs),
+            works=Works(db),
+            registry=registry,
+            jobs=jobs,
+            derivatives=Derivatives(db, storage, settings.bucket_derivatives),
+        )
+        runner = Runner(db, storage, settings, registry, pool) if pool is not None else None
 
         server = grpc.aio.server(
             options=[
@@ -81,6 +103,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             raise SystemExit(f"cannot listen on {settings.listen}")
         await monitor.start()
         await server.start()
+        if runner is not None:
+            runner.start()
         log.info("serving derivatives.v1.DerivativeService on %s (storage: %s)", settings.listen, storage.backend)
         if ready is not None:
             ready.set()
@@ -88,5 +112,11 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         await stop.wait()
         log.info("shutting down: draining in-flight calls for up to %.0fs", settings.shutdown_grace_seconds)
         await monitor.shutdown()
-        await server.stop(settings.shutdown_grace_seconds)
+        await asyncio.gather(
+            server.stop(settings.shutdown_grace_seconds),
+            runner.stop(settings.shutdown_grace_seconds) if runner is not None else asyncio.sleep(0),
+        )
+        if pool is not None and runner is not None:
+            await asyncio.to_thread(pool.shutdown)
+            await runner.drain_cleanups()
         log.info("stopped")

@@ -6,23 +6,15 @@ import datetime as dt
 from typing import Any
 
 from google.protobuf import timestamp_pb2
+from google.rpc import code_pb2, status_pb2
 
 from core.assets import AssetView
 from core.database import Row
+from core.definitions import Definition
+from core.media import EXTENSIONS
 from core.storage import ObjectStorage
 from core.works import WorkView
 from derivatives.v1 import derivatives_pb2 as pb
-
-EXTENSIONS = {
-    "image/jpeg": "jpg",
-    "image/png": "png",
-    "image/tiff": "tif",
-    "image/webp": "webp",
-    "image/gif": "gif",
-    "application/pdf": "pdf",
-    "image/avif": "avif",
-    "image/heic": "heic",
-}
 
 
 def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -93,4 +85,49 @@ def work(view: WorkView) -> pb.Work:
         url=row["url"],
         created_at=ts(row["created_at"]),
         updated_at=ts(row["updated_at"]),
+    )
+
+
+STAGES = {
+    "queued": pb.STAGE_QUEUED,
+    "running": pb.STAGE_RUNNING,
+    "finishing": pb.STAGE_FINISHING,
+    "succeeded": pb.STAGE_SUCCEEDED,
+    "failed": pb.STAGE_FAILED,
+}
+JOB_KINDS = {"create_derivatives": pb.JOB_KIND_CREATE_DERIVATIVES, "build_bundle": pb.JOB_KIND_BUILD_BUNDLE}
+
+
+def job(row: Row) -> pb.Job:
+    error = None
+    if row["stage"] == "failed":
+        error = status_pb2.Status(code=code_pb2.INTERNAL, message=row["error"] or "failed")
+    return pb.Job(
+        job_id=str(row["job_id"]),
+        kind=JOB_KINDS.get(row["kind"], pb.JOB_KIND_UNSPECIFIED),
+        stage=STAGES.get(row["stage"], pb.STAGE_UNSPECIFIED),
+        done=row["done"],
+        total=row["total"],
+        created_at=ts(row["created_at"]),
+        updated_at=ts(row["updated_at"]),
+        failures=[
+            pb.AssetFailure(asset_id=f.get("asset_id", ""), key=f.get("key", ""), reason=f.get("reason", ""))
+            for f in row["failures"] or []
+        ],
+        error=error,
+        attempts=row["attempts"],
+    )
+
+
+def definition(d: Definition, default_bucket: str) -> pb.DerivativeDefinition:
+    return pb.DerivativeDefinition(
+        key=d.key,
+        content_types=list(d.content_types),
+        default_create=d.default_create,
+        bucket=d.bucket or default_bucket,
+        transformer=d.transformer,
+        max_width=d.max_width,
+        thumbnail_mode=d.thumbnail_mode,
+        quality=d.quality,
+        options=d.options,
     )

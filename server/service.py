@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator
@@ -14,8 +15,11 @@ from google.protobuf import empty_pb2
 
 from core.assets import Assets, AssetView
 from core.config import Settings
+from core.definitions import Registry
+from core.derivatives import Derivatives
 from core.errors import InvalidArgument
-from core.ids import SHA512_HEX, check_caller_id
+from core.ids import CALLER_ID, SHA512_HEX, check_caller_id, check_key, require_uuid
+from core.jobs import Jobs
 from core.media import Spooled, spool_async, spool_stream
 from core.storage import ObjectStorage
 from core.works import MAX_MEMBERS, Works
@@ -25,6 +29,8 @@ from server import convert
 from server.status import unary
 
 log = logging.getLogger("derivatives.service")
+MAX_ASSETS_PER_JOB = 10_000
+MAX_PAGE = 10_000
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
@@ -36,6 +42,9 @@ class Domain:
     storage: ObjectStorage
     assets: Assets
     works: Works
+    registry: Registry
+    jobs: Jobs
+    derivatives: Derivatives
 
 
 class DerivativeService(pb_grpc.DerivativeServiceServicer):
@@ -44,7 +53,10 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         self.url_expiry = dt.timedelta(seconds=domain.settings.url_expiry_seconds)
 
     def _asset(self, view: AssetView) -> pb.Asset:
-        return convert.asset(view, self.d.storage, self.url_expiry, derivatives_created=False)
+        row = view.asset
+        expected = {d.key for d in self.d.registry.plan(row["content_type"], row["width"], [], [])}
+        created = expected <= {d["key"] for d in view.derivatives}
+        return convert.asset(view, self.d.storage, self.url_expiry, derivatives_created=created)
 
     # --- assets -------------------------------------------------------------------------------
 
@@ -113,6 +125,26 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         return self._asset(await self.d.assets.get(check["asset_id"]))
 
     @unary
+    async def ListAssets(self, request: pb.ListAssetsRequest, context: Context) -> pb.ListAssetsResponse:
+        violations: list[tuple[str, str]] = []
+        if not 0 <= request.page_size <= MAX_PAGE:
+            violations.append(("page_size", f"must be 0-{MAX_PAGE}"))
+        after = ""
+        if request.page_token:
+            try:
+                after = base64.urlsafe_b64decode(request.page_token.encode()).decode()
+            except (ValueError, UnicodeDecodeError):
+                after = "\x00"
+            if not CALLER_ID.fullmatch(after):
+                violations.append(("page_token", "not a token from a previous page"))
+        if violations:
+            raise InvalidArgument(violations)
+        size = request.page_size or 1000
+        ids = await self.d.assets.list_ids(after, size + 1)
+        token = base64.urlsafe_b64encode(ids[size - 1].encode()).decode() if len(ids) > size else ""
+        return pb.ListAssetsResponse(asset_ids=ids[:size], next_page_token=token)
+
+    @unary
     async def DeleteAsset(self, request: pb.DeleteAssetRequest, context: Context) -> empty_pb2.Empty:
         await self.d.assets.delete(_ids(asset_id=request.asset_id)["asset_id"])
         return empty_pb2.Empty()
@@ -142,25 +174,83 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
     async def GetWork(self, request: pb.GetWorkRequest, context: Context) -> pb.Work:
         return convert.work(await self.d.works.get(_ids(work_id=request.work_id)["work_id"]))
 
+    # --- derivatives and jobs -----------------------------------------------------------------
+
+    @unary
+    async def ListDerivativeDefinitions(
+        self, request: pb.ListDerivativeDefinitionsRequest, context: Context
+    ) -> pb.ListDerivativeDefinitionsResponse:
+        bucket = self.d.settings.bucket_derivatives
+        return pb.ListDerivativeDefinitionsResponse(
+            definitions=[convert.definition(d, bucket) for d in self.d.registry.sorted_definitions()]
+        )
+
+    @unary
+    async def CreateDerivatives(self, request: pb.CreateDerivativesRequest, context: Context) -> pb.Job:
+        violations: list[tuple[str, str]] = []
+        if not request.asset_ids:
+            violations.append(("asset_ids", "at least one asset"))
+        elif len(request.asset_ids) > MAX_ASSETS_PER_JOB:
+            violations.append(("asset_ids", f"at most {MAX_ASSETS_PER_JOB} per job"))
+        for i, asset_id in enumerate(request.asset_ids):
+            check_caller_id(asset_id, f"asset_ids[{i}]", violations)
+            if len(violations) >= 20:
+                break
+        if violations:
+            raise InvalidArgument(violations)
+        self.d.registry.check_keys(list(request.only), list(request.exclude))
+        row = await self.d.jobs.create_derivatives(
+            list(request.asset_ids), list(request.only), list(request.exclude), request.lazy
+        )
+        return convert.job(row)
+
+    @unary
+    async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
+        return convert.job(await self.d.jobs.get(require_uuid(request.job_id, "job_id")))
+
+    @unary
+    async def UpdateDerivative(
+        self, request_iterator: AsyncIterator[pb.UpdateDerivativeRequest], context: Context
+    ) -> pb.Derivative:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgument.one("header", "the first message must carry the header")
+        header = first.header
+        violations: list[tuple[str, str]] = []
+        check_caller_id(header.asset_id, "header.asset_id", violations)
+        check_key(header.key, "header.key", violations)
+        sha = header.expected_original_sha512
+        if sha and not SHA512_HEX.fullmatch(sha):
+            violations.append(("header.expected_original_sha512", "must be 128 lowercase hex digits"))
+        if violations:
+            raise InvalidArgument(violations)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for message in request_iterator:
+                if message.WhichOneof("part") != "chunk":
+                    raise InvalidArgument.one("header", "only the first message may carry a header")
+                yield message.chunk
+
+        spooled = await spool_async(chunks(), self.d.assets.temp_path())
+        row = await self.d.derivatives.update(
+            header.asset_id, header.key, header.content_type, spooled, dict(header.metadata), sha
+        )
+        return convert.derivative(row, self.d.storage, self.url_expiry)
+
+    @unary
+    async def RemoveDerivative(self, request: pb.RemoveDerivativeRequest, context: Context) -> empty_pb2.Empty:
+        violations: list[tuple[str, str]] = []
+        check_caller_id(request.asset_id, "asset_id", violations)
+        check_key(request.key, "key", violations)
+        if violations:
+            raise InvalidArgument(violations)
+        await self.d.derivatives.remove(request.asset_id, request.key)
+        return empty_pb2.Empty()
+
     # --- not built yet: an explicit UNIMPLEMENTED, never a silent stub ------------------------
 
     async def _unimplemented(self, context: Context, what: str) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented yet")
-
-    async def ListDerivativeDefinitions(self, request: Any, context: Context) -> Any:
-        return await self._unimplemented(context, "ListDerivativeDefinitions")
-
-    async def CreateDerivatives(self, request: Any, context: Context) -> Any:
-        return await self._unimplemented(context, "CreateDerivatives")
-
-    async def GetJob(self, request: Any, context: Context) -> Any:
-        return await self._unimplemented(context, "GetJob")
-
-    async def UpdateDerivative(self, request_iterator: Any, context: Context) -> Any:
-        return await self._unimplemented(context, "UpdateDerivative")
-
-    async def RemoveDerivative(self, request: Any, context: Context) -> Any:
-        return await self._unimplemented(context, "RemoveDerivative")
 
     async def FindOrCreateBundle(self, request: Any, context: Context) -> Any:
         return await self._unimplemented(context, "FindOrCreateBundle")

@@ -22,6 +22,9 @@ SET content_type = %(content_type)s, size_bytes = %(size_bytes)s, sha512 = %(sha
 WHERE asset_id = %(asset_id)s
 RETURNING *;
 
+-- name: list_asset_ids
+SELECT asset_id FROM assets WHERE asset_id > %(after)s ORDER BY asset_id LIMIT %(limit)s;
+
 -- name: delete_asset
 DELETE FROM assets WHERE asset_id = %(asset_id)s RETURNING *;
 
@@ -39,8 +42,10 @@ DELETE FROM derivatives WHERE asset_id = %(asset_id)s RETURNING bucket, object_k
 
 -- name: upsert_derivative
 -- Returns the replaced row's location (old_bucket/old_object_key), NULL when new.
+-- Callers hold the asset row lock, which serializes every change to its derivatives.
+-- (No FOR UPDATE in `old`: it would skip the row this same statement updates.)
 WITH old AS (
-    SELECT bucket, object_key FROM derivatives WHERE asset_id = %(asset_id)s AND key = %(key)s FOR UPDATE
+    SELECT bucket, object_key FROM derivatives WHERE asset_id = %(asset_id)s AND key = %(key)s
 ), up AS (
     INSERT INTO derivatives (asset_id, key, content_type, size_bytes, width, height, sha512, original_sha512,
                              bucket, object_key, metadata)

@@ -108,6 +108,22 @@ class GetAssetRequest(_message.Message):
     asset_id: str
     def __init__(self, asset_id: _Optional[str] = ...) -> None: ...
 
+class ListAssetsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListAssetsResponse(_message.Message):
+    __slots__ = ("asset_ids", "next_page_token")
+    ASSET_IDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    asset_ids: _containers.RepeatedScalarFieldContainer[str]
+    next_page_token: str
+    def __init__(self, asset_ids: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class DeleteAssetRequest(_message.Message):
     __slots__ = ("asset_id",)
     ASSET_ID_FIELD_NUMBER: _ClassVar[int]

@@ -51,6 +51,11 @@ class DerivativeServiceStub:
                 request_serializer=derivatives_dot_v1_dot_derivatives__pb2.GetAssetRequest.SerializeToString,
                 response_deserializer=derivatives_dot_v1_dot_derivatives__pb2.Asset.FromString,
                 _registered_method=True)
+        self.ListAssets = channel.unary_unary(
+                '/derivatives.v1.DerivativeService/ListAssets',
+                request_serializer=derivatives_dot_v1_dot_derivatives__pb2.ListAssetsRequest.SerializeToString,
+                response_deserializer=derivatives_dot_v1_dot_derivatives__pb2.ListAssetsResponse.FromString,
+                _registered_method=True)
         self.DeleteAsset = channel.unary_unary(
                 '/derivatives.v1.DerivativeService/DeleteAsset',
                 request_serializer=derivatives_dot_v1_dot_derivatives__pb2.DeleteAssetRequest.SerializeToString,
@@ -132,6 +137,13 @@ class DerivativeServiceServicer:
 
     def GetAsset(self, request, context):
         """Returns an asset with its derivatives.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAssets(self, request, context):
+        """Lists asset ids in id order, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -238,6 +250,11 @@ def add_DerivativeServiceServicer_to_server(servicer, server):
                     servicer.GetAsset,
                     request_deserializer=derivatives_dot_v1_dot_derivatives__pb2.GetAssetRequest.FromString,
                     response_serializer=derivatives_dot_v1_dot_derivatives__pb2.Asset.SerializeToString,
+            ),
+            'ListAssets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAssets,
+                    request_deserializer=derivatives_dot_v1_dot_derivatives__pb2.ListAssetsRequest.FromString,
+                    response_serializer=derivatives_dot_v1_dot_derivatives__pb2.ListAssetsResponse.SerializeToString,
             ),
             'DeleteAsset': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteAsset,
@@ -377,6 +394,33 @@ class DerivativeService:
             '/derivatives.v1.DerivativeService/GetAsset',
             derivatives_dot_v1_dot_derivatives__pb2.GetAssetRequest.SerializeToString,
             derivatives_dot_v1_dot_derivatives__pb2.Asset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAssets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/derivatives.v1.DerivativeService/ListAssets',
+            derivatives_dot_v1_dot_derivatives__pb2.ListAssetsRequest.SerializeToString,
+            derivatives_dot_v1_dot_derivatives__pb2.ListAssetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

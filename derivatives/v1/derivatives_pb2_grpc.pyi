@@ -60,6 +60,8 @@ class DerivativeServiceStub:
     """
     GetAsset: _grpc.UnaryUnaryMultiCallable[_derivatives_pb2.GetAssetRequest, _derivatives_pb2.Asset]
     """Returns an asset with its derivatives."""
+    ListAssets: _grpc.UnaryUnaryMultiCallable[_derivatives_pb2.ListAssetsRequest, _derivatives_pb2.ListAssetsResponse]
+    """Lists asset ids in id order, a page at a time."""
     DeleteAsset: _grpc.UnaryUnaryMultiCallable[_derivatives_pb2.DeleteAssetRequest, _empty_pb2.Empty]
     """Deletes an asset, its original and all its derivatives. An asset that is a
     member of a work cannot be deleted (FAILED_PRECONDITION).
@@ -112,6 +114,8 @@ class DerivativeServiceAsyncStub(DerivativeServiceStub):
     """
     GetAsset: _aio.UnaryUnaryMultiCallable[_derivatives_pb2.GetAssetRequest, _derivatives_pb2.Asset]  # type: ignore[assignment]
     """Returns an asset with its derivatives."""
+    ListAssets: _aio.UnaryUnaryMultiCallable[_derivatives_pb2.ListAssetsRequest, _derivatives_pb2.ListAssetsResponse]  # type: ignore[assignment]
+    """Lists asset ids in id order, a page at a time."""
     DeleteAsset: _aio.UnaryUnaryMultiCallable[_derivatives_pb2.DeleteAssetRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes an asset, its original and all its derivatives. An asset that is a
     member of a work cannot be deleted (FAILED_PRECONDITION).
@@ -179,6 +183,14 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_derivatives_pb2.Asset, _abc.Awaitable[_derivatives_pb2.Asset]]:
         """Returns an asset with its derivatives."""
+
+    @_abc_1.abstractmethod
+    def ListAssets(
+        self,
+        request: _derivatives_pb2.ListAssetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_derivatives_pb2.ListAssetsResponse, _abc.Awaitable[_derivatives_pb2.ListAssetsResponse]]:
+        """Lists asset ids in id order, a page at a time."""
 
     @_abc_1.abstractmethod
     def DeleteAsset(

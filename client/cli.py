@@ -1,0 +1,134 @@
+"""The `derivatives` command line: bulk derivative creation with a progress bar, and friends."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+from tqdm import tqdm
+
+from client.client import TERMINAL, Client
+from derivatives.v1 import derivatives_pb2 as pb
+
+POLL_SECONDS = 0.5
+
+
+def _batches(ids: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for asset_id in ids:
+        batch.append(asset_id)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [k for v in values or [] for k in v.split(",") if k]
+
+
+def create_all(client: Client, args: argparse.Namespace) -> int:
+    """Queue derivative jobs over every matching asset and follow them to the end."""
+    if args.asset:
+        ids: Iterator[str] = iter(args.asset)
+    elif args.work:
+        ids = iter(client.work_members(args.work))
+    else:
+        ids = client.list_asset_ids()
+    jobs: dict[str, pb.Job] = {}
+    for batch in _batches(ids, args.batch):
+        job = client.create_derivatives(batch, _split(args.only), _split(args.exclude), args.lazy)
+        jobs[job.job_id] = job
+    total = sum(j.total for j in jobs.values())
+    if total == 0:
+        print("no assets matched")
+        return 0
+    with tqdm(total=total, unit="asset", desc="derivatives", disable=args.quiet) as bar:
+        while True:
+            for job_id, job in list(jobs.items()):
+                if job.stage not in TERMINAL:
+                    jobs[job_id] = client.get_job(job_id)
+            done = sum(j.done for j in jobs.values())
+            bar.update(done - bar.n)
+            if all(j.stage in TERMINAL for j in jobs.values()):
+                break
+            time.sleep(POLL_SECONDS)
+    failures = [f for j in jobs.values() for f in j.failures]
+    failed_jobs = [j for j in jobs.values() if j.stage == pb.STAGE_FAILED]
+    for f in failures:
+        print(f"  {f.asset_id} {f.key or '*'}: {f.reason}", file=sys.stderr)
+    for j in failed_jobs:
+        print(f"job {j.job_id} failed: {j.error.message}", file=sys.stderr)
+    print(f"{total} assets in {len(jobs)} job(s); {len(failures)} derivative failure(s)")
+    return 1 if failed_jobs else 0
+
+
+def put(client: Client, args: argparse.Namespace) -> int:
+    asset = client.upload(args.asset_id, Path(args.file), args.content_type, args.skip_derivatives)
+    print(json_format.MessageToJson(asset, preserving_proto_field_name=True))
+    return 0
+
+
+def get(client: Client, args: argparse.Namespace) -> int:
+    asset = client.stub.GetAsset(pb.GetAssetRequest(asset_id=args.asset_id))
+    print(json_format.MessageToJson(asset, preserving_proto_field_name=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="derivatives", description=__doc__)
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("DERIVATIVES_ADDRESS", "127.0.0.1:50051"),
+        help="server address (env DERIVATIVES_ADDRESS; default %(default)s)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("create-all", help="create derivatives for all (or some) assets, with a progress bar")
+    p.add_argument("--lazy", action="store_true", help="skip keys that already exist for the current original")
+    p.add_argument("--only", action="append", metavar="KEYS", help="comma-separated keys (may name non-defaults)")
+    p.add_argument("--exclude", action="append", metavar="KEYS", help="comma-separated keys to leave out")
+    p.add_argument("--asset", action="append", metavar="ID", help="this asset (repeatable)")
+    p.add_argument("--work", metavar="ID", help="the member assets of this work")
+    p.add_argument("--batch", type=int, default=500, help="assets per job (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=create_all)
+
+    p = commands.add_parser("put", help="upload a file as an asset's original")
+    p.add_argument("asset_id")
+    p.add_argument("file")
+    p.add_argument("--content-type", default="")
+    p.add_argument("--skip-derivatives", action="store_true")
+    p.set_defaults(func=put)
+
+    p = commands.add_parser("get", help="show an asset and its derivatives as JSON")
+    p.add_argument("asset_id")
+    p.set_defaults(func=get)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "batch", 1) < 1:
+        print("--batch must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        with Client(args.address) as client:
+            code: int = args.func(client, args)
+            return code
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""The job runner: claims jobs from Postgres and runs them on the process pool.
+
+One runner per process (server or worker host). It LISTENs for new jobs and also
+polls, heartbeats each job it holds, and on shutdown lets in-flight assets finish
+and puts unfinished jobs back in the queue for the next runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from core.config import Settings
+from core.database import Database, Row
+from core.definitions import Registry
+from core.derivatives import Derivatives, Made
+from core.errors import Unavailable
+from core.jobs import CREATE_DERIVATIVES, JOBS_CHANNEL, Jobs
+from core.storage import ObjectStorage
+from worker import tasks
+from worker.pool import WorkerCrashed, WorkerPool
+
+log = logging.getLogger("derivatives.runner")
+POLL_SECONDS = 1.0
+
+
+class LeaseLost(Exception):
+    pass
+
+
+@dataclass
+class JobState:
+    row: Row
+    done: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+    lease_lost: bool = False
+
+
+class Runner:
+    def __init__(
+        self, db: Database, storage: ObjectStorage, settings: Settings, registry: Registry, pool: WorkerPool
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.registry = registry
+        self.pool = pool
+        self.jobs = Jobs(db, settings.job_lease_seconds)
+        self.derivatives = Derivatives(db, storage, settings.bucket_derivatives)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.slots = asyncio.Semaphore(pool.size)  # assets rendering at once, across jobs
+        self.stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._cleanups: set[asyncio.Future[None]] = set()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="runner-listen"),
+            asyncio.create_task(self._claim_loop(), name="runner-claim"),
+        ]
+        log.info("runner %s started with %d slots", self.worker_id, self.pool.size)
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; let in-flight assets finish for up to `grace` s; re-queue what is left."""
+        self.stopping.set()
+        self._wake.set()
+        if self._running:
+            _, pending = await asyncio.wait(self._running, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _listen(self) -> None:
+        """Wake the claim loop on NOTIFY; a lost connection only means polling until it is back."""
+        while not self.stopping.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(self.db.url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {JOBS_CHANNEL}")
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except (psycopg.Error, OSError) as exc:
+                log.debug("job listener reconnecting: %s", exc)
+                await asyncio.sleep(2)
+
+    async def _claim_loop(self) -> None:
+        while not self.stopping.is_set():
+            claimed = None
+            if len(self._running) < self.pool.size:
+                try:
+                    claimed = await self.jobs.claim(self.worker_id, [CREATE_DERIVATIVES])
+                except Exception as exc:  # database away: keep trying, health reports it
+                    log.warning("claim failed: %s", exc)
+            if claimed is not None:
+                task = asyncio.create_task(self._run(JobState(claimed)), name=f"job-{claimed['job_id']}")
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+
+    # --- one job ------------------------------------------------------------------------------
+
+    async def _run(self, job: JobState) -> None:
+        job_id = job.row["job_id"]
+        log.info("job %s: %s attempt %d", job_id, job.row["kind"], job.row["attempts"])
+        heartbeat = asyncio.create_task(self._heartbeat(job))
+        try:
+            await self._create_derivatives(job)
+            if job.lease_lost:
+                return
+            if self.stopping.is_set() and job.done < job.row["total"]:
+                await self.jobs.retry(job_id, self.worker_id, delay_seconds=0, error="runner shut down; re-queued")
+                log.info("job %s: re-queued at %d/%d on shutdown", job_id, job.done, job.row["total"])
+                return
+            await self.jobs.finish(job_id, self.worker_id, stage="succeeded", done=job.done, failures=job.failures)
+            log.info("job %s: succeeded (%d failures)", job_id, len(job.failures))
+        except Exception as exc:
+            while isinstance(exc, ExceptionGroup):
+                exc = exc.exceptions[0]
+            await self._failed(job, exc)
+        finally:
+            heartbeat.cancel()
+
+    async def _failed(self, job: JobState, exc: Exception) -> None:
+        job_id = job.row["job_id"]
+        reason = str(exc) if isinstance(exc, Unavailable) else f"{type(exc).__name__}: {exc}"
+        reason = reason.splitlines()[0][:300] if reason else type(exc).__name__
+        try:
+            if job.row["attempts"] < job.row["max_attempts"]:
+                delay = min(60.0, 2.0 ** job.row["attempts"])
+                log.warning(
+                    "job %s: attempt %d failed (%s); retry in %.0fs", job_id, job.row["attempts"], reason, delay
+                )
+                await self.jobs.retry(job_id, self.worker_id, delay_seconds=delay, error=reason)
+            else:
+                log.error("job %s: failed for good: %s", job_id, reason, exc_info=exc)
+                await self.jobs.finish(
+                    job_id, self.worker_id, stage="failed", done=job.done, failures=job.failures, error=reason
+                )
+        except Exception as again:  # the lease runs out and another runner retries it
+            log.error("job %s: could not record failure: %s", job_id, again)
+
+    async def _heartbeat(self, job: JobState) -> None:
+        while True:
+            await asyncio.sleep(self.jobs.heartbeat_seconds)
+            try:
+                if not await self.jobs.heartbeat(job.row["job_id"], self.worker_id):
+                    log.warning("job %s: lease lost to another runner", job.row["job_id"])
+                    job.lease_lost = True
+                    return
+            except Exception as exc:
+                log.warning("job %s: heartbeat failed: %s", job.row["job_id"], exc)
+
+    async def _create_derivatives(self, job: JobState) -> None:
+        payload: dict[str, Any] = job.row["payload"]
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        for asset_id in payload["asset_ids"]:
+            queue.put_nowait(asset_id)
+
+        async def consume() -> None:
+            while not queue.empty() and not self.stopping.is_set() and not job.lease_lost:
+                asset_id = queue.get_nowait()
+                async with self.slots:
+                    failures = await self._derive_asset(
+                        asset_id, payload.get("only", []), payload.get("exclude", []), payload.get("lazy", False)
+                    )
+                job.done += 1
+                job.failures.extend(failures)
+                row = await self.jobs.progress(
+                    job.row["job_id"],
+                    self.worker_id,
+                    done=job.done,
+                    total=job.row["total"],
+                    stage="running",
+                    failures=job.failures,
+                )
+                if row is None:
+                    job.lease_lost = True
+
+        # A TaskGroup: when one asset raises (storage away), its siblings are cancelled too.
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(self.pool.size, queue.qsize()) or 1):
+                group.create_task(consume())
+
+    async def _derive_asset(
+        self, asset_id: str, only: list[str], exclude: list[str], lazy: bool
+    ) -> list[dict[str, str]]:
+        """Make one asset's derivatives; returns its failures. Unavailable propagates (job retry)."""
+        asset = await self.db.fetchone("get_asset", asset_id=asset_id)
+        if asset is None:
+            log.info("asset %s was deleted before its derivatives were made", asset_id)
+            return [{"asset_id": asset_id, "key": "", "reason": "asset was deleted"}]
+        plan = self.registry.plan(asset["content_type"], asset["width"], only, exclude)
+        if lazy:
+            existing = {
+                d["key"]
+                for d in await self.db.fetchall("list_derivatives", asset_id=asset_id)
+                if d["original_sha512"] == asset["sha512"]
+            }
+            plan = [d for d in plan if d.key not in existing]
+        failures: list[dict[str, str]] = []
+        if only:  # asked for by name, but no definition of the key applies to this original
+            failures = [
+                {"asset_id": asset_id, "key": k, "reason": f"no definition of {k!r} applies to {asset['content_type']}"}
+                for k in only
+                if k not in exclude and self.registry.resolve(k, asset["content_type"]) is None
+            ]
+        results: list[dict[str, Any]] = []
+        if plan:
+            try:
+                results = await self._render(_asset_input(asset), [d.as_dict() for d in plan])
+            except WorkerCrashed as exc:
+                results = [{"key": d.key, "failed": str(exc)} for d in plan]
+        made = [_made(r) for r in results if "failed" not in r]
+        if made and await self.derivatives.attach(asset_id, asset["sha512"], made) is None:
+            return [{"asset_id": asset_id, "key": "", "reason": "original replaced while rendering; results discarded"}]
+        failures += [{"asset_id": asset_id, "key": r["key"], "reason": r["failed"]} for r in results if "failed" in r]
+        for failure in failures:
+            await self.derivatives.record_failure(asset_id, asset["sha512"], failure["key"], failure["reason"])
+        return failures
+
+    async def _render(self, asset: dict[str, Any], definitions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run the pool task; if we are cancelled meanwhile, delete what it uploads once it ends."""
+        future = asyncio.ensure_future(self.pool.run(tasks.make_derivatives, asset, definitions))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(self._discard_uploads)
+            raise
+
+    def _discard_uploads(self, future: asyncio.Future[list[dict[str, Any]]]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        locations = [(r["bucket"], r["object_key"]) for r in future.result() if "failed" not in r]
+        task = asyncio.ensure_future(self.derivatives.delete_objects(locations))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def drain_cleanups(self) -> None:
+        """After the pool has shut down: finish deleting uploads of cancelled renders."""
+        await asyncio.gather(*self._cleanups, return_exceptions=True)
+
+
+def _made(result: dict[str, Any]) -> Made:
+    fields = ("key", "bucket", "object_key", "content_type", "size_bytes", "width", "height", "sha512")
+    return Made(**{k: result[k] for k in fields}, metadata={})
+
+
+def _asset_input(asset: Row) -> dict[str, Any]:
+    return {k: asset[k] for k in ("asset_id", "bucket", "object_key", "content_type", "sha512", "width", "height")}
