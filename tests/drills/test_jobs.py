@@ -1,0 +1,92 @@
+"""Jobs outlive the processes that run them: kill, restart, and hosts without a pool."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from derivatives.v1 import derivatives_pb2 as pb
+from derivatives.v1 import derivatives_pb2_grpc
+from tests import images
+from tests.harness import ROOT, Postgres, ServerProcess, server_env
+from tests.integration.jobs import wait_job
+
+ASSETS = 10
+
+
+def _setup(server: ServerProcess) -> tuple[list[str], str]:
+    with server.channel() as channel:
+        stub = derivatives_pb2_grpc.DerivativeServiceStub(channel)
+        ids = [f"j{i}" for i in range(ASSETS)]
+        data = images.jpeg(2400, 1600)
+        for asset_id in ids:
+            stub.PutAsset(pb.PutAssetRequest(asset_id=asset_id, data=data, skip_derivatives=True))
+        job = stub.CreateDerivatives(pb.CreateDerivativesRequest(asset_ids=ids))
+        return ids, job.job_id
+
+
+def _wait_started(server: ServerProcess, job_id: str) -> None:
+    with server.channel() as channel:
+        stub = derivatives_pb2_grpc.DerivativeServiceStub(channel)
+        deadline = time.monotonic() + 60
+        while stub.GetJob(pb.GetJobRequest(job_id=job_id)).done < 1:
+            assert time.monotonic() < deadline, "job never started"
+            time.sleep(0.02)
+
+
+def _check_finished(server: ServerProcess, ids: list[str], job_id: str) -> pb.Job:
+    with server.channel() as channel:
+        stub = derivatives_pb2_grpc.DerivativeServiceStub(channel)
+        job = wait_job(stub, job_id, timeout=180)
+        assert (job.stage, job.done, job.total, list(job.failures)) == (pb.STAGE_SUCCEEDED, ASSETS, ASSETS, [])
+        for asset_id in ids:
+            assert stub.GetAsset(pb.GetAssetRequest(asset_id=asset_id)).derivatives_created
+        return job
+
+
+def test_killed_server_job_is_taken_over_after_the_lease(tmp_path: Path, postgres: Postgres) -> None:
+    env = server_env("file", postgres.new_database("kill"), tmp_path / "data", None,
+                     DERIVATIVES_WORKERS="1", DERIVATIVES_JOB_LEASE_SECONDS="2")
+    first = ServerProcess(env, tmp_path / "first.log").start()
+    ids, job_id = _setup(first)
+    _wait_started(first, job_id)
+    first.stop(signal.SIGKILL)  # no chance to re-queue: only the lease can bring the job back
+    second = ServerProcess(env, tmp_path / "second.log").start()
+    try:
+        job = _check_finished(second, ids, job_id)
+        assert job.attempts >= 2
+    finally:
+        assert second.stop() == 0
+
+
+def test_sigterm_puts_the_job_back_for_the_next_process(tmp_path: Path, postgres: Postgres) -> None:
+    env = server_env("file", postgres.new_database("term"), tmp_path / "data", None,
+                     DERIVATIVES_WORKERS="1", DERIVATIVES_SHUTDOWN_GRACE="0.5")
+    first = ServerProcess(env, tmp_path / "first.log").start()
+    ids, job_id = _setup(first)
+    _wait_started(first, job_id)
+    assert first.stop() == 0
+    assert "re-queued" in first.log_path.read_text()
+    second = ServerProcess(env, tmp_path / "second.log").start()
+    try:
+        _check_finished(second, ids, job_id)
+    finally:
+        assert second.stop() == 0
+
+
+def test_a_standalone_worker_host_runs_jobs_for_a_server_without_a_pool(tmp_path: Path, postgres: Postgres) -> None:
+    env = server_env("file", postgres.new_database("host"), tmp_path / "data", None, DERIVATIVES_WORKERS="0")
+    server = ServerProcess(env, tmp_path / "server.log").start()
+    worker_env = {**server.full_env, "DERIVATIVES_WORKERS": "2"}
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "worker"], env=worker_env, cwd=ROOT, stdout=log, stderr=log)
+    try:
+        ids, job_id = _setup(server)
+        _check_finished(server, ids, job_id)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, (tmp_path / "worker.log").read_text()[-2000:]
+        assert server.stop() == 0

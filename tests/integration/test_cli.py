@@ -1,0 +1,47 @@
+"""The `derivatives` CLI against the running server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from derivatives.v1 import derivatives_pb2 as pb
+from tests import images
+from tests.harness import ServerProcess
+
+CLI = str(Path(sys.executable).parent / "derivatives")
+
+
+def run(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, "--address", server.address, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_create_all_for_a_work_shows_a_progress_bar(stub, server: ServerProcess, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ids = [f"cli-{uuid.uuid4().hex[:8]}" for _ in range(5)]
+    original = tmp_path / "page.tif"
+    original.write_bytes(images.tiff(700, 500))
+    for asset_id in ids:
+        put = run(server, "put", asset_id, str(original), "--skip-derivatives")
+        assert put.returncode == 0, put.stderr
+    work_id = f"w-{uuid.uuid4().hex[:8]}"
+    stub.PutWork(pb.PutWorkRequest(work_id=work_id, title="CLI work", member_asset_ids=ids))
+    out = run(server, "create-all", "--work", work_id, "--only", "thumb_mini,thumb_standard", "--batch", "2")
+    assert out.returncode == 0, out.stderr
+    assert "5/5" in out.stderr and "asset/s" in out.stderr  # tqdm: done/total and rate
+    assert "5 assets in 3 job(s); 0 derivative failure(s)" in out.stdout
+    for asset_id in ids:
+        keys = {d.key for d in stub.GetAsset(pb.GetAssetRequest(asset_id=asset_id)).derivatives}
+        assert keys == {"thumb_mini", "thumb_standard"}
+
+    lazy = run(server, "create-all", "--asset", ids[0], "--lazy", "--quiet")
+    assert lazy.returncode == 0 and "1 assets in 1 job(s)" in lazy.stdout
+
+
+def test_cli_reports_errors_without_traceback(server: ServerProcess) -> None:
+    out = run(server, "create-all", "--asset", "ghost-asset")
+    assert out.returncode == 1
+    assert "NOT_FOUND" in out.stderr and "Traceback" not in out.stderr
+    out = run(server, "create-all", "--asset", "x", "--only", "nope")
+    assert out.returncode == 1 and "INVALID_ARGUMENT" in out.stderr
