@@ -164,7 +164,8 @@ def pixel_size(path: Path, media_type: str) -> tuple[int, int]:
                 pdf.close()
         import pyvips
 
-        image = pyvips.Image.new_from_file(str(path), access="sequential")
+        # As displayed: EXIF orientation applied (derivatives are rotated too). No pixels are decoded.
+        image = pyvips.Image.new_from_file(str(path), access="sequential").autorot()
         return (int(image.width), int(image.height))
     except Exception as exc:  # any unreadable header: the asset is still stored, derivatives will say why
         log.info("no pixel size for %s (%s): %s", path.name, media_type, str(exc).splitlines()[0][:200])

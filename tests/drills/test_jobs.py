@@ -48,8 +48,14 @@ def _check_finished(server: ServerProcess, ids: list[str], job_id: str) -> pb.Jo
 
 
 def test_killed_server_job_is_taken_over_after_the_lease(tmp_path: Path, postgres: Postgres) -> None:
-    env = server_env("file", postgres.new_database("kill"), tmp_path / "data", None,
-                     DERIVATIVES_WORKERS="1", DERIVATIVES_JOB_LEASE_SECONDS="2")
+    env = server_env(
+        "file",
+        postgres.new_database("kill"),
+        tmp_path / "data",
+        None,
+        DERIVATIVES_WORKERS="1",
+        DERIVATIVES_JOB_LEASE_SECONDS="2",
+    )
     first = ServerProcess(env, tmp_path / "first.log").start()
     ids, job_id = _setup(first)
     _wait_started(first, job_id)
@@ -63,8 +69,14 @@ def test_killed_server_job_is_taken_over_after_the_lease(tmp_path: Path, postgre
 
 
 def test_sigterm_puts_the_job_back_for_the_next_process(tmp_path: Path, postgres: Postgres) -> None:
-    env = server_env("file", postgres.new_database("term"), tmp_path / "data", None,
-                     DERIVATIVES_WORKERS="1", DERIVATIVES_SHUTDOWN_GRACE="0.5")
+    env = server_env(
+        "file",
+        postgres.new_database("term"),
+        tmp_path / "data",
+        None,
+        DERIVATIVES_WORKERS="1",
+        DERIVATIVES_SHUTDOWN_GRACE="0.5",
+    )
     first = ServerProcess(env, tmp_path / "first.log").start()
     ids, job_id = _setup(first)
     _wait_started(first, job_id)

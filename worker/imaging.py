@@ -1,0 +1,320 @@
+"""Make JPEG derivatives of one original: every size from a single decode.
+
+libvips does the image work; pypdfium2 renders a PDF's first page (the PyPI libvips
+has no PDF loader). pyvips is imported inside the functions so that a worker can set
+VIPS_CONCURRENCY before libvips starts.
+
+Every failure becomes a `Failed` per definition with a one-line reason: `render_all`
+never raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.definitions import Definition
+
+if TYPE_CHECKING:
+    import pyvips
+
+log = logging.getLogger("derivatives.imaging")
+
+# Width and a height no image reaches: thumbnail to a width, whatever the aspect ratio.
+_ANY_HEIGHT = 10_000_000
+_PDF_FULL_SCALE = 150 / 72  # a full-size PDF page renders at 150 dpi
+_MAX_REASON = 200
+
+
+@dataclass(frozen=True)
+class Rendered:
+    key: str
+    path: Path
+    content_type: str
+    width: int
+    height: int
+    size_bytes: int
+    sha512: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    key: str
+    reason: str
+
+
+def configure_vips() -> None:
+    """Call once per worker process: turn the libvips operation cache off.
+
+    Each original is opened once and never again, so the cache only holds memory and
+    file descriptors (and could hand back a stale image for a reused temp path).
+    """
+    import pyvips
+
+    pyvips.cache_set_max(0)
+    pyvips.cache_set_max_mem(0)
+    pyvips.cache_set_max_files(0)
+
+
+def render_all(
+    original: Path, content_type: str, definitions: list[Definition], out_dir: Path, max_pixels: int
+) -> list[Rendered | Failed]:
+    """Make every definition's derivative from ONE decode of the original.
+
+    Returns one entry per definition, in the same order.
+    """
+    results: dict[int, Rendered | Failed] = {}
+    groups: dict[str, list[tuple[int, Definition]]] = {"jpeg": [], "pdf_page_jpeg": []}
+    for i, definition in enumerate(definitions):
+        if definition.transformer in groups:
+            groups[definition.transformer].append((i, definition))
+        elif definition.transformer == "none":
+            results[i] = Failed(definition.key, "definition makes no derivative")
+        else:
+            results[i] = Failed(definition.key, _short(f"unknown transformer {definition.transformer!r}"))
+
+    makers: dict[str, Callable[[Path, list[Definition], Path, int], list[Rendered | Failed]]] = {
+        "jpeg": _render_image,
+        "pdf_page_jpeg": _render_pdf,
+    }
+    for transformer, group in groups.items():
+        if not group:
+            continue
+        defs = [d for _, d in group]
+        try:
+            made = makers[transformer](original, defs, out_dir, max_pixels)
+        except Exception as exc:  # a bug or an unexpected library error: still no raise
+            log.exception("%s of %s (%s) failed", transformer, original, content_type)
+            reason = f"internal error: {type(exc).__name__}: {exc}".replace(str(original), "original")
+            made = _all_failed(defs, reason)
+        for (i, _), result in zip(group, made, strict=True):
+            results[i] = result
+    return [results[i] for i in range(len(definitions))]
+
+
+def _render_image(original: Path, defs: list[Definition], out_dir: Path, max_pixels: int) -> list[Rendered | Failed]:
+    import pyvips
+
+    path = str(original)
+    # fail_on="error" on every load: by default a truncated JPEG decodes with a grey
+    # lower part, and a truncated TIFF (IFD at the front) with black strips, even with
+    # fail_on="truncated" for the TIFF; with "error" both raise ("VipsJpeg: premature end
+    # of JPEG image", "tiff2vips: Read error at scanline N"). A TIFF cut before its IFD
+    # (libvips writes it at the end) is "not a known file format" at the header read.
+    try:
+        # Header only, no pixels. autorot is lazy too: it gives the displayed size,
+        # the one thumbnail() below produces.
+        header = pyvips.Image.new_from_file(path, fail_on="error").autorot()
+        width, height = header.width, header.height
+    except pyvips.Error as exc:
+        return _all_failed(defs, "not a decodable image: " + _vips_reason(exc, path))
+    if width * height > max_pixels:
+        return _all_failed(
+            defs, f"original is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+        )
+
+    # Never upscale: a size not narrower than the original fails (callers filter these out).
+    plan: list[int | Failed] = [
+        Failed(d.key, f"original is {width} px wide, not wider than max_width {d.max_width}")
+        if d.max_width >= width
+        else d.max_width or width
+        for d in defs
+    ]
+    widths = [w for w in plan if isinstance(w, int)]
+    if not widths:
+        return [f for f in plan if isinstance(f, Failed)]
+
+    # The one decode. Below full size thumbnail() shrinks on load (JPEG DCT scaling,
+    # pyramid levels), far cheaper than a full decode. copy_memory() runs the decode
+    # once, here, instead of once per size through libvips' lazy pipeline.
+    try:
+        if max(widths) >= width:
+            base = pyvips.Image.new_from_file(path, access="random", fail_on="error").autorot().copy_memory()
+        else:
+            base = pyvips.Image.thumbnail(path, max(widths), height=_ANY_HEIGHT, size="down", fail_on="error")
+            base = base.copy_memory()
+    except pyvips.Error as exc:
+        return _all_failed(defs, "not a decodable image: " + _vips_reason(exc, path))
+    return _derive(base, defs, plan, out_dir)
+
+
+def _render_pdf(original: Path, defs: list[Definition], out_dir: Path, max_pixels: int) -> list[Rendered | Failed]:
+    import pypdfium2 as pdfium
+
+    try:
+        doc = pdfium.PdfDocument(str(original))
+    except pdfium.PdfiumError:
+        return _all_failed(defs, _pdf_load_failure(original))
+    except OSError as exc:  # pypdfium2 checks the path itself
+        return _all_failed(defs, f"original could not be read: {type(exc).__name__}")
+    try:
+        if len(doc) == 0:  # pdfium refuses to open these (above), but be safe
+            return _all_failed(defs, "PDF has no pages")
+        page = doc[0]
+        try:
+            # Points, with the page's /Rotate applied (as render() applies it).
+            page_width, page_height = page.get_width(), page.get_height()
+            if page_width <= 0 or page_height <= 0:
+                return _all_failed(defs, "PDF page has no size")
+            # A page is vector: any width renders, none is "too narrow"; full size is 150 dpi.
+            plan: list[int | Failed] = [d.max_width or math.ceil(page_width * _PDF_FULL_SCALE) for d in defs]
+            # render() sizes the bitmap with ceil(): aim a hair under the width, or float
+            # error adds a row or column (612 pt at 150 dpi would be 1275x1651, not 1650).
+            scale = (max(w for w in plan if isinstance(w, int)) - 0.01) / page_width
+            width, height = math.ceil(page_width * scale), math.ceil(page_height * scale)
+            if width * height > max_pixels:
+                reason = (
+                    f"PDF page renders at {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+                )
+                return _all_failed(defs, reason)
+            # Opaque white background by default, so no alpha; rev_byteorder gives RGB
+            # rather than pdfium's native BGR (checked: a blue corner reads 00 00 fe).
+            bitmap = page.render(scale=scale, rev_byteorder=True)
+            try:
+                base = _bitmap_to_vips(bitmap)
+            finally:
+                bitmap.close()
+        finally:
+            page.close()
+    except pdfium.PdfiumError as exc:
+        return _all_failed(defs, "PDF page did not render: " + _pdfium_reason(exc))
+    finally:
+        doc.close()
+    return _derive(base, defs, plan, out_dir)
+
+
+def _pdf_load_failure(original: Path) -> str:
+    """Why pdfium could not open a PDF, asked of qpdf (pikepdf).
+
+    pdfium's error code is not reset by a load, and a PDF without pages fails without
+    setting one: the message would be "Success" or the previous document's error.
+    """
+    import pikepdf
+
+    try:
+        with pikepdf.open(original) as pdf:
+            return "PDF has no pages" if len(pdf.pages) == 0 else "not a readable PDF: pdfium could not open it"
+    except pikepdf.PasswordError:
+        return "PDF is password-protected"
+    except Exception as exc:  # pikepdf.PdfError and friends: "<path>: <what>"
+        return "not a readable PDF: " + str(exc).replace(str(original), "").lstrip(": ").split("\n")[0]
+
+
+def _bitmap_to_vips(bitmap: Any) -> pyvips.Image:
+    import pyvips
+
+    width, height, stride, bands = bitmap.width, bitmap.height, bitmap.stride, bitmap.n_channels
+    raw = memoryview(bitmap.buffer).cast("B")
+    row = width * bands
+    # bytes() copies out of pdfium's buffer (freed on close); rows may carry padding.
+    if stride == row:
+        data = bytes(raw[: row * height])
+    else:
+        data = b"".join(raw[y * stride : y * stride + row] for y in range(height))
+    image = pyvips.Image.new_from_memory(data, width, height, bands, "uchar")
+    if bitmap.mode == "RGBX":  # the 4th byte is padding, not alpha
+        image = image.extract_band(0, n=3)
+    return image.copy(interpretation="b-w" if bands == 1 else "srgb")
+
+
+def _derive(
+    base: pyvips.Image, defs: list[Definition], plan: list[int | Failed], out_dir: Path
+) -> list[Rendered | Failed]:
+    """Each planned width from the in-memory base; a size that fails does not take the others with it."""
+    import pyvips
+
+    out: list[Rendered | Failed] = []
+    for d, step in zip(defs, plan, strict=True):
+        if isinstance(step, Failed):
+            out.append(step)
+            continue
+        try:
+            out.append(_save(base, d, step, out_dir))
+        except (pyvips.Error, OSError) as exc:
+            name = f"{d.key}.jpg"
+            detail = _vips_reason(exc, str(out_dir / name), name) if isinstance(exc, pyvips.Error) else str(exc)
+            out.append(Failed(d.key, _short(f"could not make {d.key}: {detail}")))
+    return out
+
+
+def _save(base: pyvips.Image, d: Definition, width: int, out_dir: Path) -> Rendered:
+    # thumbnail_image: box shrink then lanczos3, alpha premultiplied; size="down" never upscales.
+    image = base if width >= base.width else base.thumbnail_image(width, height=_ANY_HEIGHT, size="down")
+    image = _jpeg_compatible(image, d.thumbnail_mode)
+    path = out_dir / f"{d.key}.jpg"
+    options: dict[str, object] = {"Q": d.quality, "interlace": True, "optimize_coding": True}
+    if d.thumbnail_mode:
+        options["keep"] = "none"  # no EXIF, XMP, IPTC or ICC: small files, nothing private
+    try:
+        image.jpegsave(str(path), **options)
+        digest, size = _sha512(path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # never hide the save's own error
+            path.unlink(missing_ok=True)  # no half-written file for a caller to pick up
+        raise
+    return Rendered(d.key, path, "image/jpeg", image.width, image.height, size, digest)
+
+
+def _jpeg_compatible(image: pyvips.Image, thumbnail_mode: bool) -> pyvips.Image:
+    """8-bit sRGB (or 8-bit grey outside thumbnail mode), no alpha.
+
+    Thumbnails are always sRGB, colour-managed with the embedded profile when there is
+    one, because their profile is stripped and browsers then assume sRGB. Elsewhere the
+    pixels keep their colour space and profile where JPEG can hold them (RGB, grey).
+    """
+    has_profile = image.get_typeof("icc-profile-data") != 0
+    grey = image.interpretation in ("b-w", "grey16")
+    if has_profile and (thumbnail_mode or image.interpretation not in ("srgb", "rgb16", "b-w", "grey16")):
+        # A grey or CMYK profile converts to 3-band sRGB; libvips falls back to its own
+        # profile for the image type when the embedded one does not fit the pixels.
+        image = image.icc_transform("srgb", embedded=True)
+    target = "b-w" if grey and not thumbnail_mode else "srgb"
+    if image.interpretation != target:
+        image = image.colourspace(target)  # also rgb16/grey16 -> 8 bit, CMYK/LAB without a profile -> sRGB
+    if image.hasalpha():
+        # After the conversion, so 255 is opaque white whatever the original depth was.
+        image = image.flatten(background=[255] * (image.bands - 1))
+    if image.format != "uchar":
+        image = image.cast("uchar")  # e.g. icc_transform of a 16-bit image with alpha gives 0-255 ushort
+    return image
+
+
+def _sha512(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha512()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _all_failed(defs: list[Definition], reason: str) -> list[Rendered | Failed]:
+    return [Failed(d.key, _short(reason)) for d in defs]
+
+
+def _vips_reason(exc: pyvips.Error, path: str, name: str = "original") -> str:
+    """The first line of libvips' own message (and its OS error, if any), the file's path replaced by `name`."""
+    lines = [line.strip() for line in (exc.detail or exc.message or "").splitlines() if line.strip()]
+    text = lines[0] if lines else "unknown libvips error"
+    if len(lines) > 1 and lines[1].startswith("system error:"):
+        text += ": " + lines[1].removeprefix("system error:").strip()
+    return text.replace(f'"{path}"', name).replace(path, name)
+
+
+def _pdfium_reason(exc: Exception) -> str:
+    # "Failed to load document (PDFium: Data format error)." -> "Data format error"
+    match = re.search(r"\(PDFium: ([^)]*)\)", str(exc))
+    return match.group(1) if match else str(exc)
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
