@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
 from tqdm import tqdm
 
-from client.client import TERMINAL, Client
+from client.client import Client
 from derivatives.v1 import derivatives_pb2 as pb
-
-POLL_SECONDS = 0.5
 
 
 def _batches(ids: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -51,15 +50,19 @@ def create_all(client: Client, args: argparse.Namespace) -> int:
         print("no assets matched")
         return 0
     with tqdm(total=total, unit="asset", desc="derivatives", disable=args.quiet) as bar:
-        while True:
-            for job_id, job in list(jobs.items()):
-                if job.stage not in TERMINAL:
-                    jobs[job_id] = client.get_job(job_id)
-            done = sum(j.done for j in jobs.values())
-            bar.update(done - bar.n)
-            if all(j.stage in TERMINAL for j in jobs.values()):
-                break
-            time.sleep(POLL_SECONDS)
+        lock = threading.Lock()
+
+        def follow(job_id: str) -> None:  # one server-pushed stream per job; the bar sums them
+            for event in client.watch(job_id=job_id):
+                with lock:
+                    bar.update(event.done - jobs[job_id].done)
+                    jobs[job_id].done = event.done
+                    if event.WhichOneof("result") == "job":
+                        jobs[job_id].CopyFrom(event.job)
+
+        with ThreadPoolExecutor(max_workers=min(16, len(jobs))) as streams:
+            for future in [streams.submit(follow, job_id) for job_id in jobs]:
+                future.result()
     failures = [f for j in jobs.values() for f in j.failures]
     failed_jobs = [j for j in jobs.values() if j.stage == pb.STAGE_FAILED]
     for f in failures:
@@ -68,6 +71,30 @@ def create_all(client: Client, args: argparse.Namespace) -> int:
         print(f"job {j.job_id} failed: {j.error.message}", file=sys.stderr)
     print(f"{total} assets in {len(jobs)} job(s); {len(failures)} derivative failure(s)")
     return 1 if failed_jobs else 0
+
+
+def watch(client: Client, args: argparse.Namespace) -> int:
+    """Follow a job or bundle with a progress bar; non-zero exit when it fails."""
+    last: pb.ProgressEvent | None = None
+    events = client.watch(bundle_id=args.id) if args.bundle else client.watch(job_id=args.id)
+    with tqdm(unit="item", desc=args.id[:8], disable=args.quiet) as bar:
+        for event in events:
+            if event.total and bar.total != event.total:
+                bar.total = event.total
+                bar.refresh()
+            bar.update(event.done - bar.n)
+            stage = pb.Stage.Name(event.stage).removeprefix("STAGE_").lower()
+            bar.set_postfix_str("finishing…" if event.stage == pb.STAGE_FINISHING else stage, refresh=False)
+            last = event
+    if last is None or last.stage != pb.STAGE_SUCCEEDED:
+        reason = last.error.message if last is not None else "stream ended without a final event"
+        print(f"failed: {reason}", file=sys.stderr)
+        return 1
+    for f in last.job.failures:
+        print(f"  {f.asset_id} {f.key or '*'}: {f.reason}", file=sys.stderr)
+    if last.WhichOneof("result") == "bundle":
+        print(last.bundle.url or last.bundle.filename)
+    return 0
 
 
 def put(client: Client, args: argparse.Namespace) -> int:
@@ -100,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=500, help="assets per job (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=create_all)
+
+    p = commands.add_parser("watch", help="follow a job (or --bundle) with a progress bar")
+    p.add_argument("id")
+    p.add_argument("--bundle", action="store_true", help="the id is a bundle id")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=watch)
 
     p = commands.add_parser("put", help="upload a file as an asset's original")
     p.add_argument("asset_id")

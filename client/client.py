@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
@@ -81,6 +82,23 @@ class Client:
         job: pb.Job = self.stub.GetJob(pb.GetJobRequest(job_id=job_id))
         return job
 
+    def watch(self, job_id: str = "", bundle_id: str = "", after_seq: int = 0) -> Iterator[pb.ProgressEvent]:
+        """Progress events until the final one; reconnects with `after_seq` if the stream drops."""
+        last = after_seq
+        retries = 0
+        while True:
+            try:
+                for event in self.stub.WatchProgress(_watch_request(job_id, bundle_id, last)):
+                    retries = 0
+                    last = max(last, event.seq)
+                    yield event
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or retries >= 5:
+                    raise
+                retries += 1
+                time.sleep(0.5 * retries)
+
 
 class AsyncClient:
     """asyncio client with the same calls that matter for services."""
@@ -125,10 +143,11 @@ class AsyncClient:
         return job
 
     async def watch(self, job_id: str = "", bundle_id: str = "", after_seq: int = 0) -> AsyncIterator[pb.ProgressEvent]:
-        request = (
-            pb.WatchProgressRequest(job_id=job_id, after_seq=after_seq)
-            if job_id
-            else pb.WatchProgressRequest(bundle_id=bundle_id, after_seq=after_seq)
-        )
-        async for event in self.stub.WatchProgress(request):
+        async for event in self.stub.WatchProgress(_watch_request(job_id, bundle_id, after_seq)):
             yield event
+
+
+def _watch_request(job_id: str, bundle_id: str, after_seq: int) -> pb.WatchProgressRequest:
+    if job_id:
+        return pb.WatchProgressRequest(job_id=job_id, after_seq=after_seq)
+    return pb.WatchProgressRequest(bundle_id=bundle_id, after_seq=after_seq)

@@ -48,6 +48,8 @@ class Settings:
     health_interval_seconds: float = field(default=2.0, metadata={"env": "DERIVATIVES_HEALTH_INTERVAL"})
     # A job whose runner has not heartbeated for this long is taken over by another.
     job_lease_seconds: float = field(default=30.0, metadata={"env": "DERIVATIVES_JOB_LEASE_SECONDS"})
+    # Seconds between WatchProgress heartbeats while a target is quiet.
+    progress_heartbeat_seconds: float = field(default=5.0, metadata={"env": "DERIVATIVES_PROGRESS_HEARTBEAT"})
     # Postgres connection pool size.
     db_pool_size: int = field(default=10, metadata={"env": "DERIVATIVES_DB_POOL_SIZE"})
     log_level: str = field(default="INFO", metadata={"env": "DERIVATIVES_LOG_LEVEL"})

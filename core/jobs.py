@@ -3,12 +3,12 @@
 Enqueue inserts a row and NOTIFYs `derivatives_jobs` so idle runners wake; runners
 also poll, so a lost notification only delays. A claimed job is leased: its runner
 heartbeats, and a job whose heartbeat is older than the lease is claimed again.
-Every visible change bumps `seq` and NOTIFYs `derivatives_progress` with the job id.
+Every visible change bumps `seq`; a trigger records it in `progress_events` and
+NOTIFYs `derivatives_progress` with the job id (migration 0002).
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -73,14 +73,15 @@ class Jobs:
             raise NotFound(f"job {job_id} not found")
         return row
 
+    async def job_of_bundle(self, bundle_id: uuid.UUID) -> uuid.UUID:
+        row = await self.db.fetchone("bundle_job", bundle_id=bundle_id)
+        if row is None or row["job_id"] is None:
+            raise NotFound(f"bundle {bundle_id} not found")
+        job_id: uuid.UUID = row["job_id"]
+        return job_id
+
     async def claim(self, worker_id: str, kinds: list[str]) -> Row | None:
-        async with self.db.transaction() as conn:
-            row = await self.db.fetchone(
-                "claim_job", conn, worker_id=worker_id, kinds=kinds, lease_seconds=self.lease_seconds
-            )
-            if row is not None:
-                await _announce(conn, row)
-            return row
+        return await self.db.fetchone("claim_job", worker_id=worker_id, kinds=kinds, lease_seconds=self.lease_seconds)
 
     async def heartbeat(self, job_id: uuid.UUID, worker_id: str) -> bool:
         """False when the lease was lost (another runner took the job over)."""
@@ -127,14 +128,4 @@ class Jobs:
         )
 
     async def _update(self, name: str, **params: Any) -> Row | None:
-        async with self.db.transaction() as conn:
-            row = await self.db.fetchone(name, conn, **params)
-            if row is not None:
-                await _announce(conn, row)
-            return row
-
-
-async def _announce(conn: psycopg.AsyncConnection[Row], row: Row) -> None:
-    # NOTIFY only wakes watchers; they re-read the row. Delivered on commit.
-    payload = json.dumps({"job_id": str(row["job_id"]), "seq": row["seq"]})
-    await conn.execute("SELECT pg_notify(%s, %s)", (PROGRESS_CHANNEL, payload))
+        return await self.db.fetchone(name, **params)

@@ -17,6 +17,7 @@ from core.database import Database, EmbeddedPostgres
 from core.definitions import load_registry
 from core.derivatives import Derivatives
 from core.jobs import Jobs
+from core.progress import ProgressHub
 from core.storage import open_storage
 from core.works import Works
 from derivatives.v1 import derivatives_pb2, derivatives_pb2_grpc
@@ -77,6 +78,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             registry=registry,
             jobs=jobs,
             derivatives=Derivatives(db, storage, settings.bucket_derivatives),
+            hub=ProgressHub(db),
         )
         runner = Runner(db, storage, settings, registry, pool) if pool is not None else None
 
@@ -102,6 +104,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         if port == 0:
             raise SystemExit(f"cannot listen on {settings.listen}")
         await monitor.start()
+        domain.hub.start()
         await server.start()
         if runner is not None:
             runner.start()
@@ -116,6 +119,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             server.stop(settings.shutdown_grace_seconds),
             runner.stop(settings.shutdown_grace_seconds) if runner is not None else asyncio.sleep(0),
         )
+        await domain.hub.stop()
         if pool is not None and runner is not None:
             await asyncio.to_thread(pool.shutdown)
             await runner.drain_cleanups()

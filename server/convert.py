@@ -12,6 +12,7 @@ from core.assets import AssetView
 from core.database import Row
 from core.definitions import Definition
 from core.media import EXTENSIONS
+from core.progress import Update
 from core.storage import ObjectStorage
 from core.works import WorkView
 from derivatives.v1 import derivatives_pb2 as pb
@@ -117,6 +118,25 @@ def job(row: Row) -> pb.Job:
         error=error,
         attempts=row["attempts"],
     )
+
+
+def progress_event(update: Update) -> pb.ProgressEvent:
+    row = update.row
+    event = pb.ProgressEvent(
+        seq=row["seq"],
+        stage=STAGES.get(row["stage"], pb.STAGE_UNSPECIFIED),
+        done=row["done"],
+        total=row["total"],
+        updated_at=ts(row.get("updated_at") or row.get("at")),
+        snapshot=update.snapshot,
+        heartbeat=update.heartbeat,
+    )
+    if update.final:
+        result = job(row)
+        event.job.CopyFrom(result)
+        if row["stage"] == "failed":
+            event.error.CopyFrom(result.error)
+    return event
 
 
 def definition(d: Definition, default_bucket: str) -> pb.DerivativeDefinition:

@@ -21,12 +21,13 @@ from core.errors import InvalidArgument
 from core.ids import CALLER_ID, SHA512_HEX, check_caller_id, check_key, require_uuid
 from core.jobs import Jobs
 from core.media import Spooled, spool_async, spool_stream
+from core.progress import ProgressHub, watch
 from core.storage import ObjectStorage
 from core.works import MAX_MEMBERS, Works
 from derivatives.v1 import derivatives_pb2 as pb
 from derivatives.v1 import derivatives_pb2_grpc as pb_grpc
 from server import convert
-from server.status import unary
+from server.status import streaming, unary
 
 log = logging.getLogger("derivatives.service")
 MAX_ASSETS_PER_JOB = 10_000
@@ -45,6 +46,7 @@ class Domain:
     registry: Registry
     jobs: Jobs
     derivatives: Derivatives
+    hub: ProgressHub
 
 
 class DerivativeService(pb_grpc.DerivativeServiceServicer):
@@ -247,6 +249,26 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         await self.d.derivatives.remove(request.asset_id, request.key)
         return empty_pb2.Empty()
 
+    # --- progress -----------------------------------------------------------------------------
+
+    @streaming
+    async def WatchProgress(
+        self, request: pb.WatchProgressRequest, context: Context
+    ) -> AsyncIterator[pb.ProgressEvent]:
+        target = request.WhichOneof("target")
+        if target is None:
+            raise InvalidArgument.one("target", "set exactly one of job_id or bundle_id")
+        if request.after_seq < 0:
+            raise InvalidArgument.one("after_seq", "must be >= 0")
+        if target == "job_id":
+            job_id = require_uuid(request.job_id, "job_id")
+        else:
+            job_id = await self.d.jobs.job_of_bundle(require_uuid(request.bundle_id, "bundle_id"))
+        async for update in watch(
+            self.d.hub, self.d.jobs.get, job_id, request.after_seq, self.d.settings.progress_heartbeat_seconds
+        ):
+            yield convert.progress_event(update)
+
     # --- not built yet: an explicit UNIMPLEMENTED, never a silent stub ------------------------
 
     async def _unimplemented(self, context: Context, what: str) -> Any:
@@ -258,10 +280,6 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
     async def ReadBundle(self, request: Any, context: Context) -> AsyncIterator[pb.ReadBundleResponse]:
         await self._unimplemented(context, "ReadBundle")
         yield pb.ReadBundleResponse()
-
-    async def WatchProgress(self, request: Any, context: Context) -> AsyncIterator[pb.ProgressEvent]:
-        await self._unimplemented(context, "WatchProgress")
-        yield pb.ProgressEvent()
 
 
 def _ids(**fields: str) -> dict[str, str]:

@@ -114,6 +114,7 @@ class ServerProcess:
         env.update(self.env)
         env["DERIVATIVES_LISTEN"] = self.address
         env.setdefault("DERIVATIVES_HEALTH_INTERVAL", "0.5")
+        env.setdefault("DERIVATIVES_PROGRESS_HEARTBEAT", "0.5")
         return env
 
     def start(self, wait_serving: bool = True) -> ServerProcess:

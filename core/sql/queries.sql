@@ -107,8 +107,15 @@ RETURNING *;
 -- name: get_job
 SELECT * FROM jobs WHERE job_id = %(job_id)s;
 
--- name: notify_job
-SELECT pg_notify('derivatives_progress', %(payload)s::text);
+-- name: events_after
+SELECT * FROM progress_events WHERE job_id = %(job_id)s AND seq > %(after_seq)s ORDER BY seq LIMIT %(limit)s;
+
+-- name: prune_progress_events
+DELETE FROM progress_events e USING jobs j
+WHERE e.job_id = j.job_id AND j.finished_at < now() - make_interval(secs => %(older_than_seconds)s);
+
+-- name: bundle_job
+SELECT job_id FROM bundles WHERE bundle_id = %(bundle_id)s;
 
 -- name: claim_job
 -- One ready job, skipping rows other workers hold. A job whose worker stopped

@@ -45,3 +45,13 @@ def test_cli_reports_errors_without_traceback(server: ServerProcess) -> None:
     assert "NOT_FOUND" in out.stderr and "Traceback" not in out.stderr
     out = run(server, "create-all", "--asset", "x", "--only", "nope")
     assert out.returncode == 1 and "INVALID_ARGUMENT" in out.stderr
+
+
+def test_watch_follows_a_job_to_the_end(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+    asset_id = f"cli-{uuid.uuid4().hex[:8]}"
+    stub.PutAsset(pb.PutAssetRequest(asset_id=asset_id, data=images.jpeg(900, 600), skip_derivatives=True))
+    job = stub.CreateDerivatives(pb.CreateDerivativesRequest(asset_ids=[asset_id]))
+    out = run(server, "watch", job.job_id)
+    assert out.returncode == 0, out.stderr
+    assert "1/1" in out.stderr
+    assert run(server, "watch", str(uuid.uuid4())).returncode == 1
