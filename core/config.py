@@ -50,6 +50,19 @@ class Settings:
     job_lease_seconds: float = field(default=30.0, metadata={"env": "DERIVATIVES_JOB_LEASE_SECONDS"})
     # Seconds between WatchProgress heartbeats while a target is quiet.
     progress_heartbeat_seconds: float = field(default=5.0, metadata={"env": "DERIVATIVES_PROGRESS_HEARTBEAT"})
+    # Bundles: derivative a PDF page is made from, the page dpi, and what a ZIP holds for non-JPEG originals.
+    pdf_derivative_key: str = field(default="download_medium", metadata={"env": "DERIVATIVES_PDF_DERIVATIVE"})
+    pdf_dpi: float = field(default=150.0, metadata={"env": "DERIVATIVES_PDF_DPI"})
+    zip_derivative_key: str = field(default="download_full", metadata={"env": "DERIVATIVES_ZIP_DERIVATIVE"})
+    # Institution named in bundles' about.txt, ZIP comment and PDF metadata.
+    institution: str = field(default="", metadata={"env": "DERIVATIVES_INSTITUTION"})
+    # Bundles not requested or read for this long are deleted by the reaper.
+    bundle_idle_seconds: float = field(default=20 * 24 * 3600.0, metadata={"env": "DERIVATIVES_BUNDLE_IDLE_SECONDS"})
+    # Total size of finished bundles to keep (least recently used go first); 0 = no budget.
+    bundle_cache_bytes: int = field(default=0, metadata={"env": "DERIVATIVES_BUNDLE_CACHE_BYTES"})
+    bundle_reap_interval_seconds: float = field(default=600.0, metadata={"env": "DERIVATIVES_BUNDLE_REAP_INTERVAL"})
+    # A failed bundle is rebuilt on request once its error is this old.
+    bundle_error_retry_seconds: float = field(default=60.0, metadata={"env": "DERIVATIVES_BUNDLE_ERROR_RETRY"})
     # Postgres connection pool size.
     db_pool_size: int = field(default=10, metadata={"env": "DERIVATIVES_DB_POOL_SIZE"})
     log_level: str = field(default="INFO", metadata={"env": "DERIVATIVES_LOG_LEVEL"})

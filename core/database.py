@@ -108,7 +108,9 @@ class Database:
         async with self.connection() as conn, conn.transaction():
             yield conn
 
-    async def fetchone(self, name: str, conn: psycopg.AsyncConnection[Row] | None = None, **params: Any) -> Row | None:
+    async def fetchone(
+        self, name: str, conn: psycopg.AsyncConnection[Row] | None = None, /, **params: Any
+    ) -> Row | None:
         if conn is not None:
             cur = await conn.execute(QUERIES[name], params)
             return await cur.fetchone()
@@ -116,7 +118,9 @@ class Database:
             cur = await own.execute(QUERIES[name], params)
             return await cur.fetchone()
 
-    async def fetchall(self, name: str, conn: psycopg.AsyncConnection[Row] | None = None, **params: Any) -> list[Row]:
+    async def fetchall(
+        self, name: str, conn: psycopg.AsyncConnection[Row] | None = None, /, **params: Any
+    ) -> list[Row]:
         if conn is not None:
             cur = await conn.execute(QUERIES[name], params)
             return await cur.fetchall()
@@ -124,7 +128,7 @@ class Database:
             cur = await own.execute(QUERIES[name], params)
             return await cur.fetchall()
 
-    async def execute(self, name: str, conn: psycopg.AsyncConnection[Row] | None = None, **params: Any) -> None:
+    async def execute(self, name: str, conn: psycopg.AsyncConnection[Row] | None = None, /, **params: Any) -> None:
         if conn is not None:
             await conn.execute(QUERIES[name], params)
             return

@@ -8,16 +8,17 @@ memory.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
 
 from core.config import Settings
@@ -62,6 +63,41 @@ def attachment_disposition(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
 
 
+class ChunkReader(io.RawIOBase):
+    """A readable file over an iterator of byte chunks: streams a generator into `put`."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = memoryview(b"")
+        self.total = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buf:
+            try:
+                self._buf = memoryview(next(self._chunks))
+            except StopIteration:
+                return 0
+        n = min(len(target), len(self._buf))
+        target[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        self.total += n
+        return n
+
+
+def chunk_stream(chunks: Iterator[bytes]) -> tuple[BinaryIO, ChunkReader]:
+    """(a buffered reader for `put`, the raw reader that counts the bytes)."""
+    raw = ChunkReader(chunks)
+    return io.BufferedReader(raw, buffer_size=CHUNK), raw
+
+
+def read_chunks(stream: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
+    while block := stream.read(size):
+        yield block
+
+
 class ObjectStorage(Protocol):
     backend: str
 
@@ -76,6 +112,7 @@ class ObjectStorage(Protocol):
     def delete(self, bucket: str, key: str) -> None: ...
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]: ...
     def presign(self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "") -> str: ...
+    def expire_after(self, bucket: str, days: int) -> None: ...
 
 
 class FileStorage:
@@ -162,6 +199,9 @@ class FileStorage:
 
     def presign(self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "") -> str:
         return ""  # no URL reaches a local file from another host; callers use the streaming RPCs
+
+    def expire_after(self, bucket: str, days: int) -> None:
+        """No lifecycle rules on a filesystem: the service's reaper is all there is."""
 
 
 class S3Storage:
@@ -274,6 +314,21 @@ class S3Storage:
             url: str = self.client.presigned_get_object(bucket, key, expires=expires, response_headers=headers)
         return url
 
+    def expire_after(self, bucket: str, days: int) -> None:
+        """A lifecycle backstop: objects expire `days` after creation; stale multipart uploads after 1 day."""
+        from minio.commonconfig import ENABLED, Filter
+        from minio.lifecycleconfig import AbortIncompleteMultipartUpload, Expiration, LifecycleConfig, Rule
+
+        rule = Rule(
+            ENABLED,
+            rule_filter=Filter(prefix=""),
+            rule_id="derivatives-bundle-expiry",
+            expiration=Expiration(days=days),
+            abort_incomplete_multipart_upload=AbortIncompleteMultipartUpload(days_after_initiation=1),
+        )
+        with self._errors(bucket):
+            self.client.set_bucket_lifecycle(bucket, LifecycleConfig([rule]))
+
 
 async def delete_quietly(storage: ObjectStorage, locations: list[tuple[str, str]]) -> None:
     """Best effort after commit: no row points at these objects any more."""
@@ -284,6 +339,35 @@ async def delete_quietly(storage: ObjectStorage, locations: list[tuple[str, str]
             await asyncio.to_thread(storage.delete, bucket, key)
         except Exception as exc:
             log.warning("could not delete %s/%s (left orphaned): %s", bucket, key, exc)
+
+
+async def read_object(
+    storage: ObjectStorage, bucket: str, key: str, offset: int = 0, size: int = CHUNK
+) -> AsyncIterator[tuple[int, bytes]]:
+    """(offset, chunk) pairs of an object from `offset`, read in a thread one chunk at a time."""
+    import asyncio
+
+    opened = storage.open(bucket, key)
+    fh = await asyncio.to_thread(opened.__enter__)  # on S3 this is a request: not on the event loop
+    try:
+        if offset:
+            await asyncio.to_thread(_skip, fh, offset)
+        while block := await asyncio.to_thread(fh.read, size):
+            yield offset, block
+            offset += len(block)
+    finally:
+        await asyncio.to_thread(opened.__exit__, None, None, None)
+
+
+def _skip(fh: BinaryIO, offset: int) -> None:
+    if fh.seekable():
+        fh.seek(offset)
+        return
+    while offset > 0:
+        block = fh.read(min(CHUNK, offset))
+        if not block:
+            return
+        offset -= len(block)
 
 
 def open_storage(settings: Settings) -> ObjectStorage:

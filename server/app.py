@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 from contextlib import AsyncExitStack
 
@@ -12,13 +13,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core.assets import Assets
+from core.bundles import Bundles
 from core.config import Settings
 from core.database import Database, EmbeddedPostgres
 from core.definitions import load_registry
 from core.derivatives import Derivatives
 from core.jobs import Jobs
 from core.progress import ProgressHub
-from core.storage import open_storage
+from core.storage import ObjectStorage, open_storage
 from core.works import Works
 from derivatives.v1 import derivatives_pb2, derivatives_pb2_grpc
 from server.health import HealthMonitor
@@ -42,6 +44,32 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("pgserver", "pyvips"):  # they log every subprocess and deprecation at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def reap_bundles(bundles: Bundles, interval: float) -> None:
+    """The cache reaper: idle bundles (and LRU ones over the size budget) are deleted."""
+    while True:
+        try:
+            await bundles.reap()
+        except Exception as exc:  # the database or storage is away: next round
+            log.warning("bundle reaper: %s", exc)
+        await asyncio.sleep(interval)
+
+
+async def install_bundle_expiry(settings: Settings, storage: ObjectStorage) -> None:
+    """On S3, a lifecycle rule on the bundle bucket backs up the reaper (it counts from creation, not access)."""
+    if storage.backend != "s3":
+        return
+    if settings.bucket_bundles in (settings.bucket_originals, settings.bucket_derivatives):
+        log.warning("bundle bucket is shared with other data: no lifecycle expiry installed")
+        return
+    days = max(1, math.ceil(settings.bundle_idle_seconds / 86400)) + 1
+    try:
+        await asyncio.to_thread(storage.ensure_buckets, (settings.bucket_bundles,))
+        await asyncio.to_thread(storage.expire_after, settings.bucket_bundles, days)
+        log.info("bundle bucket %s: objects expire %d days after creation (backstop)", settings.bucket_bundles, days)
+    except Exception as exc:
+        log.warning("could not install the bundle bucket lifecycle rule: %s", exc)
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
@@ -79,6 +107,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             jobs=jobs,
             derivatives=Derivatives(db, storage, settings.bucket_derivatives),
             hub=ProgressHub(db),
+            bundles=Bundles(db, storage, settings, registry, jobs),
         )
         runner = Runner(db, storage, settings, registry, pool) if pool is not None else None
 
@@ -104,7 +133,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         if port == 0:
             raise SystemExit(f"cannot listen on {settings.listen}")
         await monitor.start()
+        await install_bundle_expiry(settings, storage)
         domain.hub.start()
+        reaper = asyncio.create_task(reap_bundles(domain.bundles, settings.bundle_reap_interval_seconds), name="reaper")
         await server.start()
         if runner is not None:
             runner.start()
@@ -119,6 +150,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             server.stop(settings.shutdown_grace_seconds),
             runner.stop(settings.shutdown_grace_seconds) if runner is not None else asyncio.sleep(0),
         )
+        reaper.cancel()
         await domain.hub.stop()
         if pool is not None and runner is not None:
             await asyncio.to_thread(pool.shutdown)

@@ -139,6 +139,41 @@ def progress_event(update: Update) -> pb.ProgressEvent:
     return event
 
 
+BUNDLE_KINDS = {pb.BUNDLE_KIND_PDF: "pdf", pb.BUNDLE_KIND_ZIP: "zip"}
+_KIND_ENUMS = {v: k for k, v in BUNDLE_KINDS.items()}
+_BUNDLE_STATUS = {
+    "in_progress": pb.BUNDLE_STATUS_IN_PROGRESS,
+    "success": pb.BUNDLE_STATUS_SUCCESS,
+    "error": pb.BUNDLE_STATUS_ERROR,
+}
+
+
+def bundle(row: Row, storage: ObjectStorage, url_expiry: dt.timedelta) -> pb.Bundle:
+    url, expires = "", None
+    if row["status"] == "success":
+        url = storage.presign(row["bucket"], row["object_key"], expires=url_expiry, filename=row["filename"])
+        if url:
+            expires = ts(dt.datetime.now(dt.UTC) + url_expiry)
+    return pb.Bundle(
+        bundle_id=str(row["bundle_id"]),
+        work_id=row["work_id"],
+        kind=_KIND_ENUMS[row["kind"]],
+        status=_BUNDLE_STATUS[row["status"]],
+        stage=STAGES.get(row.get("stage") or "", pb.STAGE_UNSPECIFIED),
+        done=row.get("done") or 0,
+        total=row.get("total") or 0,
+        checksum=row["checksum"],
+        size_bytes=row["size_bytes"],
+        filename=row["filename"],
+        url=url,
+        url_expires_at=expires,
+        error=row["error"] or "",
+        created_at=ts(row["created_at"]),
+        updated_at=ts(row["updated_at"]),
+        last_accessed_at=ts(row["last_accessed_at"]),
+    )
+
+
 def definition(d: Definition, default_bucket: str) -> pb.DerivativeDefinition:
     return pb.DerivativeDefinition(
         key=d.key,

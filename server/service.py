@@ -14,7 +14,9 @@ import grpc
 from google.protobuf import empty_pb2
 
 from core.assets import Assets, AssetView
+from core.bundles import Bundles
 from core.config import Settings
+from core.database import Row
 from core.definitions import Registry
 from core.derivatives import Derivatives
 from core.errors import InvalidArgument
@@ -22,7 +24,7 @@ from core.ids import CALLER_ID, SHA512_HEX, check_caller_id, check_key, require_
 from core.jobs import Jobs
 from core.media import Spooled, spool_async, spool_stream
 from core.progress import ProgressHub, watch
-from core.storage import ObjectStorage
+from core.storage import ObjectStorage, read_object
 from core.works import MAX_MEMBERS, Works
 from derivatives.v1 import derivatives_pb2 as pb
 from derivatives.v1 import derivatives_pb2_grpc as pb_grpc
@@ -47,6 +49,7 @@ class Domain:
     jobs: Jobs
     derivatives: Derivatives
     hub: ProgressHub
+    bundles: Bundles
 
 
 class DerivativeService(pb_grpc.DerivativeServiceServicer):
@@ -260,26 +263,44 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
             raise InvalidArgument.one("target", "set exactly one of job_id or bundle_id")
         if request.after_seq < 0:
             raise InvalidArgument.one("after_seq", "must be >= 0")
+        bundle_id = None
         if target == "job_id":
             job_id = require_uuid(request.job_id, "job_id")
         else:
-            job_id = await self.d.jobs.job_of_bundle(require_uuid(request.bundle_id, "bundle_id"))
-        async for update in watch(
-            self.d.hub, self.d.jobs.get, job_id, request.after_seq, self.d.settings.progress_heartbeat_seconds
-        ):
-            yield convert.progress_event(update)
+            bundle_id = require_uuid(request.bundle_id, "bundle_id")
+            job_id = await self.d.jobs.job_of_bundle(bundle_id)
+        heartbeat = self.d.settings.progress_heartbeat_seconds
+        async for update in watch(self.d.hub, self.d.jobs.get, job_id, request.after_seq, heartbeat):
+            event = convert.progress_event(update)
+            if update.final and bundle_id is not None:  # a bundle's watcher wants the bundle: its URL, size, name
+                event.bundle.CopyFrom(self._bundle(await self.d.bundles.get(bundle_id)))
+            yield event
 
-    # --- not built yet: an explicit UNIMPLEMENTED, never a silent stub ------------------------
+    # --- bundles ------------------------------------------------------------------------------
 
-    async def _unimplemented(self, context: Context, what: str) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented yet")
+    @unary
+    async def FindOrCreateBundle(self, request: pb.FindOrCreateBundleRequest, context: Context) -> pb.Bundle:
+        violations: list[tuple[str, str]] = []
+        check_caller_id(request.work_id, "work_id", violations)
+        kind = convert.BUNDLE_KINDS.get(request.kind)
+        if kind is None:
+            violations.append(("kind", "must be BUNDLE_KIND_PDF or BUNDLE_KIND_ZIP"))
+        if violations:
+            raise InvalidArgument(violations)
+        assert kind is not None
+        return self._bundle(await self.d.bundles.find_or_create(request.work_id, kind))
 
-    async def FindOrCreateBundle(self, request: Any, context: Context) -> Any:
-        return await self._unimplemented(context, "FindOrCreateBundle")
+    @streaming
+    async def ReadBundle(self, request: pb.ReadBundleRequest, context: Context) -> AsyncIterator[pb.ReadBundleResponse]:
+        bundle_id = require_uuid(request.bundle_id, "bundle_id")
+        if request.offset < 0:
+            raise InvalidArgument.one("offset", "must be >= 0")
+        row, size = await self.d.bundles.open_for_read(bundle_id, request.offset)
+        async for offset, chunk in read_object(self.d.storage, row["bucket"], row["object_key"], request.offset):
+            yield pb.ReadBundleResponse(chunk=chunk, offset=offset, total_size=size)
 
-    async def ReadBundle(self, request: Any, context: Context) -> AsyncIterator[pb.ReadBundleResponse]:
-        await self._unimplemented(context, "ReadBundle")
-        yield pb.ReadBundleResponse()
+    def _bundle(self, row: Row) -> pb.Bundle:
+        return convert.bundle(row, self.d.storage, self.url_expiry)
 
 
 def _ids(**fields: str) -> dict[str, str]:

@@ -18,22 +18,21 @@ from typing import Any
 
 import psycopg
 
+from core.bundles import Bundles, MemberUnavailable
 from core.config import Settings
 from core.database import Database, Row
 from core.definitions import Registry
 from core.derivatives import Derivatives, Made
 from core.errors import Unavailable
-from core.jobs import CREATE_DERIVATIVES, JOBS_CHANNEL, Jobs
+from core.jobs import BUILD_BUNDLE, CREATE_DERIVATIVES, JOBS_CHANNEL, Jobs
 from core.storage import ObjectStorage
 from worker import tasks
+from worker.bundle_build import BuildAborted, BundleBuild, PermanentFailure
 from worker.pool import WorkerCrashed, WorkerPool
 
 log = logging.getLogger("derivatives.runner")
 POLL_SECONDS = 1.0
-
-
-class LeaseLost(Exception):
-    pass
+PROGRESS_INTERVAL = 0.1  # seconds between progress writes of one job
 
 
 @dataclass
@@ -42,6 +41,9 @@ class JobState:
     done: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
     lease_lost: bool = False
+    complete: bool = False
+    stage: str = "running"
+    reported_at: float = 0.0
 
 
 class Runner:
@@ -54,6 +56,8 @@ class Runner:
         self.pool = pool
         self.jobs = Jobs(db, settings.job_lease_seconds)
         self.derivatives = Derivatives(db, storage, settings.bucket_derivatives)
+        bundles = Bundles(db, storage, settings, registry, self.jobs)
+        self.builder = BundleBuild(db, storage, settings, registry, bundles, self._derive_for_bundle, 2 * pool.size)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.slots = asyncio.Semaphore(pool.size)  # assets rendering at once, across jobs
         self.stopping = asyncio.Event()
@@ -101,7 +105,7 @@ class Runner:
             claimed = None
             if len(self._running) < self.pool.size:
                 try:
-                    claimed = await self.jobs.claim(self.worker_id, [CREATE_DERIVATIVES])
+                    claimed = await self.jobs.claim(self.worker_id, [CREATE_DERIVATIVES, BUILD_BUNDLE])
                 except Exception as exc:  # database away: keep trying, health reports it
                     log.warning("claim failed: %s", exc)
             if claimed is not None:
@@ -120,15 +124,25 @@ class Runner:
         log.info("job %s: %s attempt %d", job_id, job.row["kind"], job.row["attempts"])
         heartbeat = asyncio.create_task(self._heartbeat(job))
         try:
-            await self._create_derivatives(job)
+            if job.row["kind"] == BUILD_BUNDLE:
+                result = await self._build_bundle(job)
+            else:
+                await self._create_derivatives(job)
+                result = None
             if job.lease_lost:
                 return
-            if self.stopping.is_set() and job.done < job.row["total"]:
+            if self.stopping.is_set() and not job.complete:
                 await self.jobs.retry(job_id, self.worker_id, delay_seconds=0, error="runner shut down; re-queued")
                 log.info("job %s: re-queued at %d/%d on shutdown", job_id, job.done, job.row["total"])
                 return
-            await self.jobs.finish(job_id, self.worker_id, stage="succeeded", done=job.done, failures=job.failures)
+            await self.jobs.finish(
+                job_id, self.worker_id, stage="succeeded", done=job.done, failures=job.failures, result=result
+            )
             log.info("job %s: succeeded (%d failures)", job_id, len(job.failures))
+        except BuildAborted:
+            if not job.lease_lost:
+                await self.jobs.retry(job_id, self.worker_id, delay_seconds=0, error="runner shut down; re-queued")
+                log.info("job %s: build interrupted by shutdown; re-queued", job_id)
         except Exception as exc:
             while isinstance(exc, ExceptionGroup):
                 exc = exc.exceptions[0]
@@ -138,22 +152,68 @@ class Runner:
 
     async def _failed(self, job: JobState, exc: Exception) -> None:
         job_id = job.row["job_id"]
-        reason = str(exc) if isinstance(exc, Unavailable) else f"{type(exc).__name__}: {exc}"
-        reason = reason.splitlines()[0][:300] if reason else type(exc).__name__
+        permanent = isinstance(exc, PermanentFailure | MemberUnavailable)
+        if isinstance(exc, Unavailable | PermanentFailure | MemberUnavailable):
+            reason = str(exc)
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        reason = reason.splitlines()[0][:300] if reason.strip() else type(exc).__name__
         try:
-            if job.row["attempts"] < job.row["max_attempts"]:
+            if not permanent and job.row["attempts"] < job.row["max_attempts"]:
                 delay = min(60.0, 2.0 ** job.row["attempts"])
                 log.warning(
                     "job %s: attempt %d failed (%s); retry in %.0fs", job_id, job.row["attempts"], reason, delay
                 )
                 await self.jobs.retry(job_id, self.worker_id, delay_seconds=delay, error=reason)
-            else:
-                log.error("job %s: failed for good: %s", job_id, reason, exc_info=exc)
-                await self.jobs.finish(
-                    job_id, self.worker_id, stage="failed", done=job.done, failures=job.failures, error=reason
-                )
+                return
+            log.error("job %s: failed: %s", job_id, reason, exc_info=None if permanent else exc)
+            if job.row["kind"] == BUILD_BUNDLE:
+                bundle_id = uuid.UUID(job.row["payload"]["bundle_id"])
+                await self.db.execute("bundle_failed", bundle_id=bundle_id, job_id=job_id, error=reason)
+            await self.jobs.finish(
+                job_id, self.worker_id, stage="failed", done=job.done, failures=job.failures, error=reason
+            )
         except Exception as again:  # the lease runs out and another runner retries it
             log.error("job %s: could not record failure: %s", job_id, again)
+
+    async def _progress(self, job: JobState, done: int, stage: str = "running", force: bool = False) -> None:
+        """Record progress, at most every PROGRESS_INTERVAL unless the stage changes or it is forced."""
+        now = asyncio.get_running_loop().time()
+        if not force and stage == job.stage and now - job.reported_at < PROGRESS_INTERVAL and done < job.row["total"]:
+            job.done = done
+            return
+        job.done, job.stage, job.reported_at = done, stage, now
+        row = await self.jobs.progress(
+            job.row["job_id"], self.worker_id, done=done, total=job.row["total"], stage=stage, failures=job.failures
+        )
+        if row is None:
+            job.lease_lost = True
+
+    async def _build_bundle(self, job: JobState) -> dict[str, Any] | None:
+        bundle_id = uuid.UUID(job.row["payload"]["bundle_id"])
+
+        async def progress(done: int, stage: str) -> None:
+            await self._progress(job, done, stage)
+
+        result = await self.builder.run(bundle_id, progress, lambda: job.lease_lost or self.stopping.is_set())
+        done = await self.db.fetchone(
+            "bundle_succeeded",
+            bundle_id=bundle_id,
+            job_id=job.row["job_id"],
+            worker_id=self.worker_id,
+            size_bytes=result["size_bytes"],
+        )
+        if done is None:
+            job.lease_lost = True  # another runner owns it now
+            return None
+        job.done, job.complete = job.row["total"], True
+        log.info("bundle %s: built, %d bytes", bundle_id, result["size_bytes"])
+        return result
+
+    async def _derive_for_bundle(self, asset_id: str, key: str) -> str | None:
+        async with self.slots:
+            failures = await self._derive_asset(asset_id, [key], [], lazy=True)
+        return failures[0]["reason"] if failures else None
 
     async def _heartbeat(self, job: JobState) -> None:
         while True:
@@ -179,23 +239,16 @@ class Runner:
                     failures = await self._derive_asset(
                         asset_id, payload.get("only", []), payload.get("exclude", []), payload.get("lazy", False)
                     )
-                job.done += 1
                 job.failures.extend(failures)
-                row = await self.jobs.progress(
-                    job.row["job_id"],
-                    self.worker_id,
-                    done=job.done,
-                    total=job.row["total"],
-                    stage="running",
-                    failures=job.failures,
-                )
-                if row is None:
-                    job.lease_lost = True
+                await self._progress(job, job.done + 1, force=bool(failures))
 
         # A TaskGroup: when one asset raises (storage away), its siblings are cancelled too.
         async with asyncio.TaskGroup() as group:
             for _ in range(min(self.pool.size, queue.qsize()) or 1):
                 group.create_task(consume())
+        job.complete = job.done == job.row["total"]
+        if job.complete:
+            await self._progress(job, job.done, force=True)
 
     async def _derive_asset(
         self, asset_id: str, only: list[str], exclude: list[str], lazy: bool

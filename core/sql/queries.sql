@@ -154,3 +154,70 @@ UPDATE jobs SET stage = 'queued', run_after = now() + make_interval(secs => %(de
                worker_id = NULL, updated_at = now(), seq = seq + 1
 WHERE job_id = %(job_id)s AND worker_id = %(worker_id)s
 RETURNING *;
+
+-- name: get_bundle
+SELECT b.*, j.stage, j.done, j.total, j.seq
+FROM bundles b LEFT JOIN jobs j ON j.job_id = b.job_id
+WHERE b.bundle_id = %(bundle_id)s;
+
+-- name: find_bundle
+SELECT b.*, j.stage, j.done, j.total, j.seq
+FROM bundles b LEFT JOIN jobs j ON j.job_id = b.job_id
+WHERE b.work_id = %(work_id)s AND b.kind = %(kind)s AND b.checksum = %(checksum)s;
+
+-- name: lock_bundle
+SELECT * FROM bundles WHERE work_id = %(work_id)s AND kind = %(kind)s AND checksum = %(checksum)s FOR UPDATE;
+
+-- name: insert_bundle
+-- The unique (work, kind, checksum) claim: of racing callers, exactly one inserts.
+INSERT INTO bundles (bundle_id, work_id, kind, checksum, bucket, object_key, filename)
+VALUES (%(bundle_id)s, %(work_id)s, %(kind)s, %(checksum)s, %(bucket)s, %(object_key)s, %(filename)s)
+ON CONFLICT (work_id, kind, checksum) DO NOTHING
+RETURNING bundle_id;
+
+-- name: restart_bundle
+UPDATE bundles SET status = 'in_progress', job_id = %(job_id)s, error = NULL, size_bytes = 0,
+                   updated_at = now(), last_accessed_at = now()
+WHERE bundle_id = %(bundle_id)s;
+
+-- name: set_bundle_job
+UPDATE bundles SET job_id = %(job_id)s WHERE bundle_id = %(bundle_id)s;
+
+-- name: touch_bundle
+UPDATE bundles SET last_accessed_at = now() WHERE bundle_id = %(bundle_id)s;
+
+-- name: bundle_succeeded
+-- Fenced by the job's owner: a builder that lost its lease cannot mark the bundle.
+UPDATE bundles b SET status = 'success', size_bytes = %(size_bytes)s, error = NULL, updated_at = now()
+FROM jobs j
+WHERE b.bundle_id = %(bundle_id)s AND j.job_id = b.job_id AND j.job_id = %(job_id)s AND j.worker_id = %(worker_id)s
+RETURNING b.bundle_id;
+
+-- name: bundle_failed
+UPDATE bundles SET status = 'error', error = %(error)s, updated_at = now()
+WHERE bundle_id = %(bundle_id)s AND job_id = %(job_id)s;
+
+-- name: reap_idle_bundles
+-- Bundles nobody asked for within the idle window; SKIP LOCKED lets several servers reap.
+DELETE FROM bundles WHERE bundle_id IN (
+    SELECT bundle_id FROM bundles
+    WHERE status <> 'in_progress' AND last_accessed_at < now() - make_interval(secs => %(idle_seconds)s)
+    ORDER BY last_accessed_at LIMIT 500 FOR UPDATE SKIP LOCKED
+)
+RETURNING bucket, object_key, size_bytes;
+
+-- name: reap_over_budget
+-- Least recently used finished bundles beyond the total-size budget.
+DELETE FROM bundles WHERE bundle_id IN (
+    SELECT bundle_id FROM (
+        SELECT bundle_id, sum(size_bytes) OVER (ORDER BY last_accessed_at DESC, bundle_id) AS running
+        FROM bundles WHERE status = 'success'
+    ) ranked
+    WHERE running > %(budget_bytes)s
+)
+RETURNING bucket, object_key, size_bytes;
+
+-- name: work_members_with_assets
+SELECT m.position, a.asset_id, a.content_type, a.sha512, a.width, a.height, a.bucket, a.object_key
+FROM work_members m JOIN assets a USING (asset_id)
+WHERE m.work_id = %(work_id)s ORDER BY m.position;
