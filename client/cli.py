@@ -97,6 +97,28 @@ def watch(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def bundle(client: Client, args: argparse.Namespace) -> int:
+    """Find or build a work's PDF or ZIP, with a progress bar while it builds, then download it."""
+    kind = pb.BUNDLE_KIND_PDF if args.pdf else pb.BUNDLE_KIND_ZIP
+    found = client.stub.FindOrCreateBundle(pb.FindOrCreateBundleRequest(work_id=args.work_id, kind=kind))
+    if found.status != pb.BUNDLE_STATUS_SUCCESS:
+        last = None
+        with tqdm(total=found.total or None, unit="page", desc=found.filename, disable=args.quiet) as bar:
+            for event in client.watch(bundle_id=found.bundle_id):
+                bar.update(event.done - bar.n)
+                if event.stage == pb.STAGE_FINISHING:
+                    bar.set_postfix_str("finishing…")
+                last = event
+        if last is None or last.stage != pb.STAGE_SUCCEEDED:
+            print(f"failed: {last.error.message if last else 'no final event'}", file=sys.stderr)
+            return 1
+        found = last.bundle
+    target = Path(args.output or found.filename)
+    client.download_bundle(found, target)
+    print(target)
+    return 0
+
+
 def put(client: Client, args: argparse.Namespace) -> int:
     asset = client.upload(args.asset_id, Path(args.file), args.content_type, args.skip_derivatives)
     print(json_format.MessageToJson(asset, preserving_proto_field_name=True))
@@ -133,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", action="store_true", help="the id is a bundle id")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=watch)
+
+    p = commands.add_parser("bundle", help="find or build a work's PDF or ZIP and download it")
+    p.add_argument("work_id")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pdf", action="store_true")
+    which.add_argument("--zip", action="store_true")
+    p.add_argument("-o", "--output", help="file to write (default: the bundle's filename)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=bundle)
 
     p = commands.add_parser("put", help="upload a file as an asset's original")
     p.add_argument("asset_id")

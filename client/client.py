@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
@@ -81,6 +83,24 @@ class Client:
     def get_job(self, job_id: str) -> pb.Job:
         job: pb.Job = self.stub.GetJob(pb.GetJobRequest(job_id=job_id))
         return job
+
+    def download_bundle(self, bundle: pb.Bundle, target: Path) -> None:
+        """Fetch a built bundle: from its presigned URL when there is one, else through ReadBundle.
+
+        Writes to a temporary file beside `target` and renames it, so a failed download leaves nothing.
+        """
+        partial = target.with_name(target.name + ".part")
+        try:
+            with open(partial, "wb") as out:
+                if bundle.url:
+                    with urllib.request.urlopen(bundle.url, timeout=60) as response:
+                        shutil.copyfileobj(response, out, CHUNK)
+                else:
+                    for part in self.stub.ReadBundle(pb.ReadBundleRequest(bundle_id=bundle.bundle_id)):
+                        out.write(part.chunk)
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def watch(self, job_id: str = "", bundle_id: str = "", after_seq: int = 0) -> Iterator[pb.ProgressEvent]:
         """Progress events until the final one; reconnects with `after_seq` if the stream drops."""

@@ -55,3 +55,21 @@ def test_watch_follows_a_job_to_the_end(stub, server: ServerProcess) -> None:  #
     assert out.returncode == 0, out.stderr
     assert "1/1" in out.stderr
     assert run(server, "watch", str(uuid.uuid4())).returncode == 1
+
+
+def test_bundle_builds_with_a_bar_and_downloads(stub, server: ServerProcess, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import zipfile
+
+    ids = [f"cb-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    for asset_id in ids:
+        stub.PutAsset(pb.PutAssetRequest(asset_id=asset_id, data=images.png(600, 400), skip_derivatives=True))
+    work_id = f"w-{uuid.uuid4().hex[:8]}"
+    stub.PutWork(pb.PutWorkRequest(work_id=work_id, title="CLI bundle", member_asset_ids=ids))
+    target = tmp_path / "out.zip"
+    out = run(server, "bundle", work_id, "--zip", "-o", str(target))
+    assert out.returncode == 0, out.stderr
+    assert "3/3" in out.stderr
+    assert len(zipfile.ZipFile(target).namelist()) == 4
+    again = run(server, "bundle", work_id, "--zip", "-o", str(tmp_path / "again.zip"), "--quiet")  # cached now
+    assert again.returncode == 0 and (tmp_path / "again.zip").stat().st_size == target.stat().st_size
+    assert run(server, "bundle", "no-such-work", "--pdf").returncode == 1

@@ -1,0 +1,151 @@
+"""Bundle drills: a builder killed mid-build, the cache reaper, the S3 lifecycle backstop."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import psycopg
+
+from derivatives.v1 import derivatives_pb2 as pb
+from tests import images
+from tests.harness import Postgres, S3Endpoint, ServerProcess, server_env
+from tests.integration.rpc import expect_error
+
+
+def _work(stub, n: int, maker=lambda: images.tiff(1500, 1000)) -> str:  # type: ignore[no-untyped-def]
+    ids = [f"k{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
+    for asset_id in ids:
+        stub.PutAsset(pb.PutAssetRequest(asset_id=asset_id, data=maker(), skip_derivatives=True))
+    work_id = f"w-{uuid.uuid4().hex[:8]}"
+    stub.PutWork(pb.PutWorkRequest(work_id=work_id, title="Drill work", member_asset_ids=ids))
+    return work_id
+
+
+def test_killed_builder_bundle_is_finished_by_another_worker(tmp_path: Path, postgres: Postgres) -> None:
+    env = server_env(
+        "file",
+        postgres.new_database("bkill"),
+        tmp_path / "data",
+        None,
+        DERIVATIVES_WORKERS="1",
+        DERIVATIVES_JOB_LEASE_SECONDS="2",
+    )
+    first = ServerProcess(env, tmp_path / "first.log").start()
+    with first.channel() as channel:
+        stub = first.stub(channel)
+        work_id = _work(stub, 12)  # every member needs its PDF page made: a build of some seconds
+        bundle = stub.FindOrCreateBundle(pb.FindOrCreateBundleRequest(work_id=work_id, kind=pb.BUNDLE_KIND_PDF))
+        for event in stub.WatchProgress(pb.WatchProgressRequest(bundle_id=bundle.bundle_id), timeout=120):
+            if event.stage == pb.STAGE_RUNNING and event.done >= 2:
+                break
+    first.stop(signal.SIGKILL)
+    second = ServerProcess(env, tmp_path / "second.log").start()
+    try:
+        with second.channel() as channel:
+            stub = second.stub(channel)
+            events = list(stub.WatchProgress(pb.WatchProgressRequest(bundle_id=bundle.bundle_id), timeout=180))
+            final = events[-1]
+            assert final.stage == pb.STAGE_SUCCEEDED and final.bundle.status == pb.BUNDLE_STATUS_SUCCESS
+            assert final.bundle.bundle_id == bundle.bundle_id
+            with psycopg.connect(env["DATABASE_URL"]) as conn:
+                attempts = conn.execute(
+                    "SELECT j.attempts FROM jobs j JOIN bundles b ON b.job_id = j.job_id WHERE b.bundle_id = %s",
+                    (bundle.bundle_id,),
+                ).fetchone()
+            assert attempts is not None and attempts[0] >= 2  # taken over, not finished by the first builder
+            data = b"".join(r.chunk for r in stub.ReadBundle(pb.ReadBundleRequest(bundle_id=bundle.bundle_id)))
+            assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+            assert final.bundle.size_bytes == len(data)
+    finally:
+        assert second.stop() == 0
+
+
+def test_reaper_deletes_bundles_nobody_asked_for(tmp_path: Path, postgres: Postgres) -> None:
+    env = server_env(
+        "file",
+        postgres.new_database("reap"),
+        tmp_path / "data",
+        None,
+        DERIVATIVES_BUNDLE_IDLE_SECONDS="3",
+        DERIVATIVES_BUNDLE_REAP_INTERVAL="0.5",
+    )
+    server = ServerProcess(env, tmp_path / "server.log").start()
+    try:
+        with server.channel() as channel:
+            stub = server.stub(channel)
+            work_id = _work(stub, 2, lambda: images.jpeg(400, 300))
+            bundle = stub.FindOrCreateBundle(pb.FindOrCreateBundleRequest(work_id=work_id, kind=pb.BUNDLE_KIND_ZIP))
+            list(stub.WatchProgress(pb.WatchProgressRequest(bundle_id=bundle.bundle_id), timeout=60))
+            with psycopg.connect(env["DATABASE_URL"]) as conn:
+                bucket, key = conn.execute(
+                    "SELECT bucket, object_key FROM bundles WHERE bundle_id = %s", (bundle.bundle_id,)
+                ).fetchone()  # type: ignore[misc]
+            storage = server.storage()
+            # Reading it counts as an access and keeps it a little longer...
+            for _ in range(4):
+                time.sleep(1)
+                list(stub.ReadBundle(pb.ReadBundleRequest(bundle_id=bundle.bundle_id)))
+            assert storage.stat(bucket, key) is not None
+            # ...then, untouched past the idle window, row and object go.
+            deadline = time.monotonic() + 30
+            while storage.stat(bucket, key) is not None:
+                assert time.monotonic() < deadline, "reaper never deleted the idle bundle"
+                time.sleep(0.2)
+            expect_error(
+                grpc.StatusCode.NOT_FOUND,
+                lambda: list(stub.ReadBundle(pb.ReadBundleRequest(bundle_id=bundle.bundle_id))),
+            )
+            rebuilt = stub.FindOrCreateBundle(pb.FindOrCreateBundleRequest(work_id=work_id, kind=pb.BUNDLE_KIND_ZIP))
+            assert rebuilt.bundle_id != bundle.bundle_id  # asking again builds it anew
+    finally:
+        assert server.stop() == 0
+
+
+def test_size_budget_evicts_least_recently_used(tmp_path: Path, postgres: Postgres) -> None:
+    env = server_env(
+        "file",
+        postgres.new_database("lru"),
+        tmp_path / "data",
+        None,
+        DERIVATIVES_BUNDLE_CACHE_BYTES="1",
+        DERIVATIVES_BUNDLE_REAP_INTERVAL="0.5",
+    )
+    server = ServerProcess(env, tmp_path / "server.log").start()
+    try:
+        with server.channel() as channel:
+            stub = server.stub(channel)
+            work_id = _work(stub, 1, lambda: images.jpeg(300, 200))
+            bundle = stub.FindOrCreateBundle(pb.FindOrCreateBundleRequest(work_id=work_id, kind=pb.BUNDLE_KIND_ZIP))
+            list(stub.WatchProgress(pb.WatchProgressRequest(bundle_id=bundle.bundle_id), timeout=60))
+            deadline = time.monotonic() + 30
+            while True:  # a 1-byte budget holds nothing: the bundle is evicted
+                try:
+                    stub.WatchProgress(pb.WatchProgressRequest(bundle_id=bundle.bundle_id)).next()
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.NOT_FOUND
+                    break
+                assert time.monotonic() < deadline, "over-budget bundle never evicted"
+                time.sleep(0.2)
+    finally:
+        assert server.stop() == 0
+
+
+def test_s3_bundle_bucket_gets_a_lifecycle_rule(tmp_path: Path, postgres: Postgres) -> None:
+    s3 = S3Endpoint(tmp_path / "moto.log")
+    env = server_env(
+        "s3", postgres.new_database("life"), tmp_path / "data", s3, DERIVATIVES_BUNDLE_IDLE_SECONDS=str(3 * 86400)
+    )
+    server = ServerProcess(env, tmp_path / "server.log").start()
+    try:
+        storage = server.storage()
+        rules = storage.client.get_bucket_lifecycle(server.settings.bucket_bundles).rules  # type: ignore[attr-defined]
+        assert len(rules) == 1
+        assert rules[0].expiration.days == 4
+        assert rules[0].abort_incomplete_multipart_upload.days_after_initiation == 1
+    finally:
+        assert server.stop() == 0
+        s3.stop()
