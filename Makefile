@@ -48,8 +48,12 @@ protos: $(STAMP)
 check-protos: $(STAMP)
 	$(PY) scripts/gen_protos.py --check
 
-bench: $(STAMP)
+bench: $(STAMP)  ## benchmarks (minutes; baselines need Debian's vipsthumbnail and zip)
+	command -v vipsthumbnail >/dev/null && command -v zip >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq libvips-tools zip)
 	$(PY) bench/thumbnails.py
+	$(PY) bench/bundles.py
+	$(PY) bench/progress.py
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

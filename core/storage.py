@@ -113,6 +113,7 @@ class ObjectStorage(Protocol):
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]: ...
     def presign(self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "") -> str: ...
     def expire_after(self, bucket: str, days: int) -> None: ...
+    def local_path(self, bucket: str, key: str) -> Path | None: ...
 
 
 class FileStorage:
@@ -202,6 +203,11 @@ class FileStorage:
 
     def expire_after(self, bucket: str, days: int) -> None:
         """No lifecycle rules on a filesystem: the service's reaper is all there is."""
+
+    def local_path(self, bucket: str, key: str) -> Path | None:
+        """The object's own file, to read in place (objects are immutable: replaced by rename, never rewritten)."""
+        path = self._path(bucket, key)
+        return path if path.is_file() else None
 
 
 class S3Storage:
@@ -313,6 +319,9 @@ class S3Storage:
         with self._errors(bucket, key):
             url: str = self.client.presigned_get_object(bucket, key, expires=expires, response_headers=headers)
         return url
+
+    def local_path(self, bucket: str, key: str) -> Path | None:
+        return None  # remote: callers download
 
     def expire_after(self, bucket: str, days: int) -> None:
         """A lifecycle backstop: objects expire `days` after creation; stale multipart uploads after 1 day."""

@@ -59,7 +59,12 @@ class Runner:
         bundles = Bundles(db, storage, settings, registry, self.jobs)
         self.builder = BundleBuild(db, storage, settings, registry, bundles, self._derive_for_bundle, 2 * pool.size)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.slots = asyncio.Semaphore(pool.size)  # assets rendering at once, across jobs
+        # Assets in flight across jobs: two per process, so while one asset's results are attached in
+        # Postgres (no CPU), the next is already rendering.
+        self.slots = asyncio.Semaphore(2 * pool.size)
+        # Jobs held at once: more than the processes, so a long bundle build (mostly I/O) does not hold
+        # every derivative job back; the slots above still bound the CPU work.
+        self.max_jobs = 2 * pool.size
         self.stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
@@ -103,7 +108,7 @@ class Runner:
     async def _claim_loop(self) -> None:
         while not self.stopping.is_set():
             claimed = None
-            if len(self._running) < self.pool.size:
+            if len(self._running) < self.max_jobs:
                 try:
                     claimed = await self.jobs.claim(self.worker_id, [CREATE_DERIVATIVES, BUILD_BUNDLE])
                 except Exception as exc:  # database away: keep trying, health reports it
@@ -244,7 +249,7 @@ class Runner:
 
         # A TaskGroup: when one asset raises (storage away), its siblings are cancelled too.
         async with asyncio.TaskGroup() as group:
-            for _ in range(min(self.pool.size, queue.qsize()) or 1):
+            for _ in range(min(2 * self.pool.size, queue.qsize()) or 1):
                 group.create_task(consume())
         job.complete = job.done == job.row["total"]
         if job.complete:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +36,21 @@ def init_process(env: dict[str, str], vips_concurrency: int) -> None:
 
     configure_vips()
     logging.basicConfig(level=_settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips logs every operation at INFO
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A pool process must not outlive its parent (killed with SIGKILL, say): it would hold memory forever.
+
+    Its task queue never reports EOF (the child holds a write end too), so watch the parent instead.
+    """
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def warmup() -> int:
-    import time
-
     time.sleep(0.2)  # hold this process so the next warmup call starts another
     return os.getpid()
 
@@ -60,9 +72,11 @@ def make_derivatives(asset: dict[str, Any], definitions: list[dict[str, Any]]) -
     settings, storage = _context()
     plan = [Definition.from_dict(d) for d in definitions]
     with tempfile.TemporaryDirectory(prefix="derive-") as tmp:
-        original = Path(tmp) / "original"
+        # Read a local object in place; copy a remote one (libvips needs a seekable file for most formats).
+        original = storage.local_path(asset["bucket"], asset["object_key"]) or Path(tmp) / "original"
         try:
-            storage.download(asset["bucket"], asset["object_key"], original)
+            if not original.exists():
+                storage.download(asset["bucket"], asset["object_key"], original)
         except ObjectMissing:
             return [{"key": d.key, "failed": "the original is missing from storage"} for d in plan]
         out_dir = Path(tmp) / "out"
