@@ -81,7 +81,6 @@ class Derivatives:
                         metadata=Jsonb(m.metadata),
                     )
                     assert row is not None
-                    await self.db.execute("clear_derivative_failure", conn, asset_id=asset_id, key=m.key)
                     if row["old_object_key"] and (row["old_bucket"], row["old_object_key"]) != (m.bucket, m.object_key):
                         garbage.append((row["old_bucket"], row["old_object_key"]))
                     attached.append(row)

@@ -44,8 +44,12 @@ DELETE FROM derivatives WHERE asset_id = %(asset_id)s RETURNING bucket, object_k
 -- Returns the replaced row's location (old_bucket/old_object_key), NULL when new.
 -- Callers hold the asset row lock, which serializes every change to its derivatives.
 -- (No FOR UPDATE in `old`: it would skip the row this same statement updates.)
+-- It also clears a recorded failure of the key: one round trip per attached derivative.
 WITH old AS (
     SELECT bucket, object_key FROM derivatives WHERE asset_id = %(asset_id)s AND key = %(key)s
+), cleared AS (
+    UPDATE assets SET derivative_failures = derivative_failures - %(key)s::text
+    WHERE asset_id = %(asset_id)s AND derivative_failures ? %(key)s
 ), up AS (
     INSERT INTO derivatives (asset_id, key, content_type, size_bytes, width, height, sha512, original_sha512,
                              bucket, object_key, metadata)
@@ -68,9 +72,6 @@ UPDATE assets
 SET derivative_failures = derivative_failures || jsonb_build_object(%(key)s::text,
         jsonb_build_object('reason', %(reason)s::text, 'failed_at', now()))
 WHERE asset_id = %(asset_id)s AND sha512 = %(original_sha512)s;
-
--- name: clear_derivative_failure
-UPDATE assets SET derivative_failures = derivative_failures - %(key)s::text WHERE asset_id = %(asset_id)s;
 
 -- name: get_work
 SELECT * FROM works WHERE work_id = %(work_id)s;

@@ -142,6 +142,8 @@ def test_bad_originals_fail_with_reasons_and_others_finish(stub, server: ServerP
     assert [f.key for f in shown.derivative_failures] == ["thumb_mini"]
     assert shown.derivative_failures[0].reason == reasons[truncated.asset_id]
     assert not shown.derivatives_created
+    _update(stub, truncated.asset_id, "thumb_mini", images.jpeg(54, 40))  # made elsewhere: the failure is cleared
+    assert list(stub.GetAsset(pb.GetAssetRequest(asset_id=truncated.asset_id)).derivative_failures) == []
     assert by_key(stub.GetAsset(pb.GetAssetRequest(asset_id=good.asset_id)))["thumb_mini"].width == 54
     assert server.health() == "SERVING"
     again = put(stub, images.png(300, 300), skip=False)  # the pool still works
