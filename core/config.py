@@ -126,3 +126,14 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if settings.storage not in ("file", "s3"):
         raise ValueError(f"DERIVATIVES_STORAGE: expected 'file' or 's3', got {settings.storage!r}")
     return settings
+
+
+def settings_or_exit() -> Settings:
+    """Settings for a command's main(): a bad value prints one line and exits 2, no traceback."""
+    import sys
+
+    try:
+        return load_settings()
+    except (ValueError, OSError) as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 
-from core.config import load_settings
+from core.config import settings_or_exit
 from server.app import configure_logging, serve
 
 
 def main() -> None:
-    try:
-        settings = load_settings()
-    except (ValueError, OSError) as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = settings_or_exit()
     configure_logging(settings.log_level)
     asyncio.run(serve(settings))
 

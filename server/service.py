@@ -94,10 +94,7 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
     async def UploadOriginal(
         self, request_iterator: AsyncIterator[pb.UploadOriginalRequest], context: Context
     ) -> pb.Asset:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise InvalidArgument.one("header", "the first message must carry the header")
-        header = first.header
+        header, chunks = await _header_and_chunks(request_iterator)
         violations: list[tuple[str, str]] = []
         check_caller_id(header.asset_id, "header.asset_id", violations)
         if header.expected_sha512 and not SHA512_HEX.fullmatch(header.expected_sha512):
@@ -105,13 +102,7 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         if violations:
             raise InvalidArgument(violations)
 
-        async def chunks() -> AsyncIterator[bytes]:
-            async for message in request_iterator:
-                if message.WhichOneof("part") != "chunk":
-                    raise InvalidArgument.one("header", "only the first message may carry a header")
-                yield message.chunk
-
-        spooled = await spool_async(chunks(), self.d.assets.temp_path())
+        spooled = await spool_async(chunks, self.d.assets.temp_path())
         if header.expected_sha512 and spooled.sha512 != header.expected_sha512:
             spooled.path.unlink(missing_ok=True)
             raise InvalidArgument.one("header.expected_sha512", f"the received bytes have sha512 {spooled.sha512}")
@@ -217,10 +208,7 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
     async def UpdateDerivative(
         self, request_iterator: AsyncIterator[pb.UpdateDerivativeRequest], context: Context
     ) -> pb.Derivative:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise InvalidArgument.one("header", "the first message must carry the header")
-        header = first.header
+        header, chunks = await _header_and_chunks(request_iterator)
         violations: list[tuple[str, str]] = []
         check_caller_id(header.asset_id, "header.asset_id", violations)
         check_key(header.key, "header.key", violations)
@@ -230,13 +218,7 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         if violations:
             raise InvalidArgument(violations)
 
-        async def chunks() -> AsyncIterator[bytes]:
-            async for message in request_iterator:
-                if message.WhichOneof("part") != "chunk":
-                    raise InvalidArgument.one("header", "only the first message may carry a header")
-                yield message.chunk
-
-        spooled = await spool_async(chunks(), self.d.assets.temp_path())
+        spooled = await spool_async(chunks, self.d.assets.temp_path())
         row = await self.d.derivatives.update(
             header.asset_id, header.key, header.content_type, spooled, dict(header.metadata), sha
         )
@@ -301,6 +283,21 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
 
     def _bundle(self, row: Row) -> pb.Bundle:
         return convert.bundle(row, self.d.storage, self.url_expiry)
+
+
+async def _header_and_chunks(messages: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[bytes]]:
+    """Split a client stream of `oneof part { header; chunk }`: the header (required first), then the bytes."""
+    first = await anext(aiter(messages), None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise InvalidArgument.one("header", "the first message must carry the header")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for message in messages:
+            if message.WhichOneof("part") != "chunk":
+                raise InvalidArgument.one("header", "only the first message may carry a header")
+            yield message.chunk
+
+    return first.header, chunks()
 
 
 def _ids(**fields: str) -> dict[str, str]:

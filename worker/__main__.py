@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 
-from core.config import Settings, load_settings
+from core.config import Settings, settings_or_exit
 from core.database import Database
 from core.definitions import load_registry
 from core.storage import open_storage
@@ -38,11 +38,7 @@ async def run(settings: Settings, pool: WorkerPool) -> None:
 
 
 def main() -> None:
-    try:
-        settings = load_settings()
-    except (ValueError, OSError) as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = settings_or_exit()
     if not settings.database_url:
         print("a worker host needs DATABASE_URL (the server's embedded Postgres is private)", file=sys.stderr)
         raise SystemExit(2)

@@ -17,6 +17,7 @@ from derivatives.v1 import derivatives_pb2 as pb
 from tests import images
 from tests.harness import ServerProcess
 from tests.integration.rpc import expect_error, field_violations
+from tests.integration.test_grpcurl import grpcurl_stream
 
 PDF, ZIP = pb.BUNDLE_KIND_PDF, pb.BUNDLE_KIND_ZIP
 
@@ -220,33 +221,10 @@ def test_bundle_bad_input(stub) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_grpcurl_watches_a_bundle_build_to_completion(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
-    import json
-    import subprocess
-
-    from tests.integration.test_grpcurl import GRPCURL
-
     work_id, _ = make_work(stub, [images.tiff(1400, 1000) for _ in range(3)])
     bundle = stub.FindOrCreateBundle(pb.FindOrCreateBundleRequest(work_id=work_id, kind=PDF))
-    out = subprocess.run(
-        [
-            GRPCURL,
-            "-plaintext",
-            "-d",
-            json.dumps({"bundle_id": bundle.bundle_id}),
-            server.address,
-            "derivatives.v1.DerivativeService/WatchProgress",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    decoder, text, events = json.JSONDecoder(), out.stdout.strip(), []
-    while text:
-        event, end = decoder.raw_decode(text)
-        events.append(event)
-        text = text[end:].strip()
-    assert events[-1]["stage"] == "STAGE_SUCCEEDED"
-    assert events[-1]["bundle"]["status"] == "BUNDLE_STATUS_SUCCESS" and events[-1]["bundle"]["filename"].endswith(
-        ".pdf"
-    )
+    events = grpcurl_stream(server, "WatchProgress", {"bundle_id": bundle.bundle_id})
+    assert events[0].get("snapshot") is True
+    final = events[-1]
+    assert final["stage"] == "STAGE_SUCCEEDED" and final["bundle"]["status"] == "BUNDLE_STATUS_SUCCESS"
+    assert final["bundle"]["filename"].endswith(".pdf")

@@ -70,3 +70,15 @@ def test_errors_show_code_and_field(server: ServerProcess) -> None:
     assert out.returncode != 0
     assert "InvalidArgument" in out.stderr and "asset_id" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def grpcurl_stream(server: ServerProcess, method: str, data: dict) -> list[dict]:  # type: ignore[type-arg]
+    """Run a server-streaming call through grpcurl; its JSON messages, in order."""
+    out = grpcurl(server, f"derivatives.v1.DerivativeService/{method}", data=data)
+    assert out.returncode == 0, out.stderr
+    decoder, text, messages = json.JSONDecoder(), out.stdout.strip(), []
+    while text:
+        message, end = decoder.raw_decode(text)
+        messages.append(message)
+        text = text[end:].strip()
+    return messages

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import threading
 import uuid
 
@@ -14,7 +12,7 @@ from tests import images
 from tests.harness import ServerProcess
 from tests.integration.jobs import wait_job
 from tests.integration.rpc import expect_error, field_violations
-from tests.integration.test_grpcurl import GRPCURL
+from tests.integration.test_grpcurl import grpcurl_stream
 
 
 def _job(stub, n: int = 3) -> pb.Job:  # type: ignore[no-untyped-def]
@@ -101,25 +99,7 @@ def test_bad_watch_requests(stub) -> None:  # type: ignore[no-untyped-def]
 
 def test_grpcurl_watches_a_job_to_completion(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
     job = _job(stub, 2)
-    out = subprocess.run(
-        [
-            GRPCURL,
-            "-plaintext",
-            "-d",
-            json.dumps({"job_id": job.job_id}),
-            server.address,
-            "derivatives.v1.DerivativeService/WatchProgress",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    decoder, text, events = json.JSONDecoder(), out.stdout.strip(), []
-    while text:
-        event, end = decoder.raw_decode(text)
-        events.append(event)
-        text = text[end:].strip()
+    events = grpcurl_stream(server, "WatchProgress", {"job_id": job.job_id})
     assert events[0].get("snapshot") is True
     assert events[-1]["stage"] == "STAGE_SUCCEEDED" and events[-1]["job"]["job_id"] == job.job_id
 
