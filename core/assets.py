@@ -9,18 +9,23 @@ leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
+import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from core.config import Settings
 from core.database import Database, Row
 from core.errors import FailedPrecondition, NotFound
 from core.jobs import Jobs
 from core.media import Spooled, pixel_size, resolve_media_type, spool_stream
+from core.shield import to_completion
 from core.storage import ObjectStorage, check_location, delete_quietly
 
 log = logging.getLogger("derivatives.assets")
@@ -40,6 +45,15 @@ class Assets:
         self.jobs = jobs
         self.tmp_dir = settings.data_path / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._sweep_tmp()
+
+    def _sweep_tmp(self, older_than: float = 3600.0) -> None:
+        """Uploads left by a crash or a cancelled call (spooled files live only for one request)."""
+        cutoff = time.time() - older_than
+        for path in self.tmp_dir.glob("upload-*"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
 
     def temp_path(self) -> Path:
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-")
@@ -69,7 +83,15 @@ class Assets:
         filename: str = "",
         skip_derivatives: bool = False,
     ) -> AssetView:
-        """Store `spooled` as the asset's original (consumes the temp file)."""
+        """Store `spooled` as the asset's original (consumes the temp file).
+
+        Runs to completion even if the caller is cancelled: the upload and the commit are one unit.
+        """
+        return await to_completion(self._put(asset_id, declared_type, spooled, filename, skip_derivatives))
+
+    async def _put(
+        self, asset_id: str, declared_type: str, spooled: Spooled, filename: str, skip_derivatives: bool
+    ) -> AssetView:
         try:
             media_type = resolve_media_type(declared_type, spooled.head)
             width, height = await asyncio.to_thread(pixel_size, spooled.path, media_type)
@@ -92,8 +114,13 @@ class Assets:
         garbage: list[tuple[str, str]] = []
         try:
             row = await self._commit_original(values, skip_derivatives, garbage)
-        except BaseException:
-            garbage = [(bucket, key)]
+        except Exception:
+            # The commit may still have happened (the error came during COMMIT): delete the
+            # upload only if no row points at it; if we cannot tell, an orphan beats data loss.
+            garbage = []
+            referenced = await _quietly(self.db.fetchone("original_referenced", bucket=bucket, object_key=key))
+            if referenced is None:
+                garbage = [(bucket, key)]
             raise
         finally:
             await self.delete_objects(garbage)
@@ -148,3 +175,11 @@ class Assets:
 
     async def delete_objects(self, locations: list[tuple[str, str]]) -> None:
         await delete_quietly(self.storage, locations)
+
+
+async def _quietly(query: Coroutine[Any, Any, Row | None]) -> Row | bool | None:
+    """A check made while handling another error: its own failure reads as "cannot tell" (True)."""
+    try:
+        return await query
+    except Exception:
+        return True

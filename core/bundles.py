@@ -9,6 +9,7 @@ object is left to the reaper.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -115,9 +116,15 @@ class Bundles:
             raise FailedPrecondition(f"work {work_id!r} has no members")
         where = dict(work_id=work_id, kind=kind, checksum=sum_)
         current = await self.db.fetchone("find_bundle", **where)
-        if current is not None and current["status"] == "success" and await self._stored(current):
-            await self.db.execute("touch_bundle", bundle_id=current["bundle_id"])
-            return await self.get(current["bundle_id"])
+        # Storage is asked here, never while the row lock below is held.
+        missing: uuid.UUID | None = None  # a SUCCESS bundle whose object we found gone
+        if current is not None and current["status"] == "success":
+            if await self._stored(current):
+                await self.db.execute("touch_bundle", bundle_id=current["bundle_id"])
+                with contextlib.suppress(NotFound):  # reaped this instant: claim it anew below
+                    return await self.get(current["bundle_id"])
+            else:
+                missing = current["bundle_id"]
         async with self.db.transaction() as conn:
             row = await self.db.fetchone("lock_bundle", conn, **where)
             if row is None:
@@ -138,7 +145,7 @@ class Bundles:
                     return await self._get_in(conn, bundle_id)
                 row = await self.db.fetchone("lock_bundle", conn, **where)  # a racing caller claimed it
                 assert row is not None
-            if self._needs_restart(row) and not (row["status"] == "success" and await self._stored(row)):
+            if self._needs_restart(row, missing):
                 job = await self.jobs.enqueue(BUILD_BUNDLE, {"bundle_id": str(row["bundle_id"])}, len(members), conn)
                 await self.db.execute("restart_bundle", conn, bundle_id=row["bundle_id"], job_id=job["job_id"])
                 log.info("bundle %s: rebuilding (was %s)", row["bundle_id"], row["status"])
@@ -146,9 +153,10 @@ class Bundles:
                 await self.db.execute("touch_bundle", conn, bundle_id=row["bundle_id"])
             return await self._get_in(conn, row["bundle_id"])
 
-    def _needs_restart(self, row: Row) -> bool:
+    def _needs_restart(self, row: Row, missing: uuid.UUID | None) -> bool:
         if row["status"] == "success":
-            return True  # only reached when its object was missing (checked by the caller)
+            # Rebuild only what we saw missing; a bundle that succeeded since we looked is fresh.
+            return row["bundle_id"] == missing
         if row["status"] == "error":
             age = dt.datetime.now(dt.UTC) - row["updated_at"]
             return age.total_seconds() >= self.settings.bundle_error_retry_seconds
@@ -186,7 +194,13 @@ class Bundles:
         gone = await self.db.fetchall("reap_idle_bundles", idle_seconds=self.settings.bundle_idle_seconds)
         if self.settings.bundle_cache_bytes > 0:
             gone += await self.db.fetchall("reap_over_budget", budget_bytes=self.settings.bundle_cache_bytes)
-        await delete_quietly(self.storage, [(r["bucket"], r["object_key"]) for r in gone])
+        # The same inputs give the same key: a bundle claimed again since must keep its object.
+        unused = [
+            (r["bucket"], r["object_key"])
+            for r in gone
+            if await self.db.fetchone("bundle_object_in_use", bucket=r["bucket"], object_key=r["object_key"]) is None
+        ]
+        await delete_quietly(self.storage, unused)
         if gone:
             log.info("reaper: deleted %d bundle(s), %d bytes", len(gone), sum(r["size_bytes"] for r in gone))
         return len(gone)

@@ -7,6 +7,7 @@ key, the most specific content-type match wins: `image/tiff` > `image` > none.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -127,6 +128,10 @@ class Registry:
                 out.append(definition)
         return out
 
+    def buckets(self) -> tuple[str, ...]:
+        """Buckets definitions name beyond the default one (created at start-up)."""
+        return tuple(sorted({d.bucket for d in self.definitions if d.bucket}))
+
     def sorted_definitions(self) -> list[Definition]:
         return sorted(self.definitions, key=lambda d: (d.key, -len(d.content_types), d.content_types))
 
@@ -141,6 +146,8 @@ def validate(definition: Definition, transformers: set[str]) -> list[str]:
         problems.append("max_width must be >= 0")
     if not 1 <= definition.quality <= 100:
         problems.append("quality must be 1-100")
+    if definition.bucket and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", definition.bucket):
+        problems.append("bucket must be a valid bucket name")
     return problems
 
 

@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from core.database import Database, Row
 from core.errors import FailedPrecondition, NotFound
 from core.media import EXTENSIONS, Spooled, pixel_size, resolve_media_type
+from core.shield import to_completion
 from core.storage import ObjectStorage, delete_quietly
 
 log = logging.getLogger("derivatives.derivatives")
@@ -54,8 +55,11 @@ class Derivatives:
         """Attach `made` if the asset's original is still `original_sha512`.
 
         Returns the attached rows, or None when the asset is gone or its original
-        changed (the uploads are deleted then).
+        changed (the uploads are deleted then). Runs to completion even if the caller is cancelled.
         """
+        return await to_completion(self._attach(asset_id, original_sha512, made))
+
+    async def _attach(self, asset_id: str, original_sha512: str, made: list[Made]) -> list[Row] | None:
         garbage: list[tuple[str, str]] = []
         attached: list[Row] = []
         try:
@@ -84,12 +88,23 @@ class Derivatives:
                     if row["old_object_key"] and (row["old_bucket"], row["old_object_key"]) != (m.bucket, m.object_key):
                         garbage.append((row["old_bucket"], row["old_object_key"]))
                     attached.append(row)
-        except BaseException:
-            garbage = [(m.bucket, m.object_key) for m in made]
+        except Exception:
+            garbage = await self._unreferenced(asset_id, made)  # the COMMIT itself may have gone through
             raise
         finally:
             await self.delete_objects(garbage)
         return attached
+
+    async def _unreferenced(self, asset_id: str, made: list[Made]) -> list[tuple[str, str]]:
+        """Uploads no row points at; none when that cannot be read (an orphan beats data loss)."""
+        try:
+            rows = await self.db.fetchall(
+                "derivative_keys_referenced", asset_id=asset_id, object_keys=[m.object_key for m in made]
+            )
+        except Exception:
+            return []
+        referenced = {r["object_key"] for r in rows}
+        return [(m.bucket, m.object_key) for m in made if m.object_key not in referenced]
 
     async def update(
         self,
@@ -100,7 +115,23 @@ class Derivatives:
         metadata: dict[str, Any],
         expected_original_sha512: str = "",
     ) -> Row:
-        """UpdateDerivative: store bytes made elsewhere as `key` (consumes the temp file)."""
+        """UpdateDerivative: store bytes made elsewhere as `key` (consumes the temp file).
+
+        Upload and attach are one unit, run to completion even if the caller is cancelled.
+        """
+        return await to_completion(
+            self._update(asset_id, key, declared_type, spooled, metadata, expected_original_sha512)
+        )
+
+    async def _update(
+        self,
+        asset_id: str,
+        key: str,
+        declared_type: str,
+        spooled: Spooled,
+        metadata: dict[str, Any],
+        expected_original_sha512: str,
+    ) -> Row:
         try:
             media_type = resolve_media_type(declared_type, spooled.head, field="header.content_type")
             width, height = await asyncio.to_thread(pixel_size, spooled.path, media_type)

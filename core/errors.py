@@ -30,6 +30,9 @@ class InvalidArgument(DomainError):
         self.violations = violations
         super().__init__("; ".join(f"{f}: {d}" for f, d in violations))
 
+    def __reduce__(self) -> tuple[type[InvalidArgument], tuple[list[tuple[str, str]]]]:
+        return (InvalidArgument, (self.violations,))  # crosses process boundaries (pool tasks) intact
+
     @classmethod
     def one(cls, field: str, description: str) -> InvalidArgument:
         return cls([(field, description)])

@@ -26,6 +26,14 @@ def check_key(value: str, field: str, violations: list[tuple[str, str]]) -> None
         violations.append((field, "must match [a-z0-9][a-z0-9_]{0,63}"))
 
 
+def check_text(value: str, field: str, violations: list[tuple[str, str]], limit: int = 4096) -> None:
+    """Free text the database stores: no NUL (Postgres text cannot hold it), bounded length."""
+    if "\x00" in value:
+        violations.append((field, "must not contain NUL characters"))
+    elif len(value) > limit:
+        violations.append((field, f"at most {limit} characters"))
+
+
 def require_caller_id(value: str, field: str) -> str:
     violations: list[tuple[str, str]] = []
     check_caller_id(value, field, violations)

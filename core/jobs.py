@@ -88,7 +88,14 @@ class Jobs:
         return await self.db.fetchone("heartbeat_job", job_id=job_id, worker_id=worker_id) is not None
 
     async def progress(
-        self, job_id: uuid.UUID, worker_id: str, *, done: int, total: int, stage: str, failures: list[dict[str, str]]
+        self,
+        job_id: uuid.UUID,
+        worker_id: str,
+        *,
+        done: int,
+        total: int,
+        stage: str,
+        new_failures: list[dict[str, str]],
     ) -> Row | None:
         return await self._update(
             "progress_job",
@@ -97,7 +104,7 @@ class Jobs:
             done=done,
             total=total,
             stage=stage,
-            failures=Jsonb(failures),
+            new_failures=Jsonb(new_failures),
         )
 
     async def finish(
@@ -107,7 +114,7 @@ class Jobs:
         *,
         stage: str,
         done: int,
-        failures: list[dict[str, str]],
+        new_failures: list[dict[str, str]],
         error: str | None = None,
         result: dict[str, Any] | None = None,
     ) -> Row | None:
@@ -117,7 +124,7 @@ class Jobs:
             worker_id=worker_id,
             stage=stage,
             done=done,
-            failures=Jsonb(failures),
+            new_failures=Jsonb(new_failures),
             error=error,
             result=Jsonb(result) if result is not None else None,
         )
@@ -126,6 +133,15 @@ class Jobs:
         return await self._update(
             "retry_job", job_id=job_id, worker_id=worker_id, delay_seconds=delay_seconds, error=error
         )
+
+    async def fail_exhausted(self) -> list[Row]:
+        """End jobs whose runner died on every attempt; returns them (a bundle's must be marked too)."""
+        return await self.db.fetchall("fail_exhausted_jobs", lease_seconds=self.lease_seconds)
+
+    async def prune(self, older_than_seconds: float) -> None:
+        """Forget long-finished jobs and their progress events, a batch at a time."""
+        await self.db.execute("prune_progress_events", older_than_seconds=older_than_seconds)
+        await self.db.execute("prune_jobs", older_than_seconds=older_than_seconds)
 
     async def _update(self, name: str, **params: Any) -> Row | None:
         return await self.db.fetchone(name, **params)

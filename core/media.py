@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -141,7 +142,10 @@ async def spool_async(chunks: AsyncIterable[bytes], path: Path, max_bytes: int |
     spooler = Spooler(path, max_bytes)
     try:
         async for part in chunks:
-            spooler.write(part)
+            if len(part) >= 64 * 1024:  # hashing and writing a big chunk would stall the event loop
+                await asyncio.to_thread(spooler.write, part)
+            else:
+                spooler.write(part)
     except BaseException:
         spooler.abort()
         raise

@@ -117,15 +117,10 @@ class ProgressHub:
                 await asyncio.sleep(1)
 
     async def _reread_loop(self) -> None:
-        rounds = 0
         while True:
             await asyncio.sleep(self.reread_seconds)
             for job_id in list(self._subs):
                 self._mark(job_id)
-            rounds += 1
-            if rounds % 1000 == 1:  # now and then, forget the events of long-finished jobs
-                with contextlib.suppress(Exception):
-                    await self.prune(PRUNE_AFTER_SECONDS)
 
     async def _deliver_loop(self) -> None:
         while True:
@@ -160,12 +155,8 @@ class ProgressHub:
         events = [e for e in events if e["seq"] <= upto_seq]
         return events if len(events) == want else None
 
-    async def prune(self, older_than_seconds: float) -> None:
-        await self.db.execute("prune_progress_events", older_than_seconds=older_than_seconds)
-
 
 TERMINAL = ("succeeded", "failed")
-PRUNE_AFTER_SECONDS = 7 * 24 * 3600
 
 
 class Update:

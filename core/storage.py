@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
 
 from core.config import Settings
-from core.errors import InvalidArgument, NotFound, Unavailable
+from core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger("derivatives.storage")
 
@@ -160,7 +160,7 @@ class FileStorage:
     def open(self, bucket: str, key: str) -> Iterator[BinaryIO]:
         try:
             fh = open(self._path(bucket, key), "rb")
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectMissing(f"object {bucket}/{key} not found") from None
         with fh:
             yield fh
@@ -170,9 +170,10 @@ class FileStorage:
             shutil.copyfileobj(src, out, CHUNK)
 
     def stat(self, bucket: str, key: str) -> ObjectInfo | None:
+        path = self._path(bucket, key)
         try:
-            return ObjectInfo(bucket, key, self._path(bucket, key).stat().st_size)
-        except FileNotFoundError:
+            return ObjectInfo(bucket, key, path.stat().st_size) if path.is_file() else None
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def delete(self, bucket: str, key: str) -> None:
@@ -244,7 +245,9 @@ class S3Storage:
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchBucket"):
                 raise ObjectMissing(f"object {bucket}/{key} not found") from None
-            raise
+            if exc.code in ("AccessDenied", "AllAccessDisabled"):
+                raise FailedPrecondition(f"the service may not access {bucket}/{key}") from None
+            raise StorageUnavailable(f"object storage error {exc.code} for {bucket}/{key}") from exc
         except (HTTPError, OSError) as exc:
             raise StorageUnavailable(f"object storage at {self.endpoint} unavailable") from exc
 
@@ -284,7 +287,9 @@ class S3Storage:
         with self._errors(bucket, key):
             response = self.client.get_object(bucket, key)
         try:
-            yield response  # type: ignore[misc]  # urllib3 response: a readable binary stream
+            # Reading happens in the caller: a dropped connection mid-body is an outage too.
+            with self._errors(bucket, key):
+                yield response  # type: ignore[misc]  # urllib3 response: a readable binary stream
         finally:
             response.close()
             response.release_conn()

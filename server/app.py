@@ -46,13 +46,17 @@ def configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-async def reap_bundles(bundles: Bundles, interval: float) -> None:
-    """The cache reaper: idle bundles (and LRU ones over the size budget) are deleted."""
+JOB_RETENTION_SECONDS = 7 * 24 * 3600.0
+
+
+async def maintenance(bundles: Bundles, jobs: Jobs, interval: float) -> None:
+    """Periodic sweeps: the bundle cache reaper, and forgetting jobs finished a week ago."""
     while True:
         try:
             await bundles.reap()
+            await jobs.prune(JOB_RETENTION_SECONDS)
         except Exception as exc:  # the database or storage is away: next round
-            log.warning("bundle reaper: %s", exc)
+            log.warning("maintenance: %s", exc)
         await asyncio.sleep(interval)
 
 
@@ -119,7 +123,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             ]
         )
         derivatives_pb2_grpc.add_DerivativeServiceServicer_to_server(DerivativeService(domain), server)
-        monitor = HealthMonitor(db, storage, settings.buckets, settings.health_interval_seconds)
+        buckets = settings.buckets + registry.buckets()
+        monitor = HealthMonitor(db, storage, buckets, settings.health_interval_seconds)
         health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
         reflection.enable_server_reflection(
             [
@@ -135,7 +140,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         await monitor.start()
         await install_bundle_expiry(settings, storage)
         domain.hub.start()
-        reaper = asyncio.create_task(reap_bundles(domain.bundles, settings.bundle_reap_interval_seconds), name="reaper")
+        reaper = asyncio.create_task(
+            maintenance(domain.bundles, jobs, settings.bundle_reap_interval_seconds), name="maintenance"
+        )
         await server.start()
         if runner is not None:
             runner.start()

@@ -20,7 +20,7 @@ from core.database import Row
 from core.definitions import Registry
 from core.derivatives import Derivatives
 from core.errors import InvalidArgument
-from core.ids import CALLER_ID, SHA512_HEX, check_caller_id, check_key, require_uuid
+from core.ids import CALLER_ID, SHA512_HEX, check_caller_id, check_key, check_text, require_uuid
 from core.jobs import Jobs
 from core.media import Spooled, spool_async, spool_stream
 from core.progress import ProgressHub, watch
@@ -69,6 +69,7 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
     async def PutAsset(self, request: pb.PutAssetRequest, context: Context) -> pb.Asset:
         violations: list[tuple[str, str]] = []
         check_caller_id(request.asset_id, "asset_id", violations)
+        check_text(request.filename, "filename", violations)
         source = request.WhichOneof("source")
         if source is None:
             violations.append(("source", "set `data` or `storage_ref`"))
@@ -97,6 +98,7 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         header, chunks = await _header_and_chunks(request_iterator)
         violations: list[tuple[str, str]] = []
         check_caller_id(header.asset_id, "header.asset_id", violations)
+        check_text(header.filename, "header.filename", violations)
         if header.expected_sha512 and not SHA512_HEX.fullmatch(header.expected_sha512):
             violations.append(("header.expected_sha512", "must be 128 lowercase hex digits"))
         if violations:
@@ -153,6 +155,8 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         check_caller_id(request.work_id, "work_id", violations)
         if not request.title.strip():
             violations.append(("title", "required"))
+        for name in ("title", "creator", "url"):
+            check_text(getattr(request, name), name, violations)
         if len(request.member_asset_ids) > MAX_MEMBERS:
             violations.append(("member_asset_ids", f"at most {MAX_MEMBERS} members"))
         for i, member in enumerate(request.member_asset_ids):
@@ -212,6 +216,11 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         violations: list[tuple[str, str]] = []
         check_caller_id(header.asset_id, "header.asset_id", violations)
         check_key(header.key, "header.key", violations)
+        if len(header.metadata) > 64:
+            violations.append(("header.metadata", "at most 64 entries"))
+        for name, value in header.metadata.items():
+            check_text(name, "header.metadata", violations, limit=256)
+            check_text(value, f"header.metadata[{name[:40]}]", violations)
         sha = header.expected_original_sha512
         if sha and not SHA512_HEX.fullmatch(sha):
             violations.append(("header.expected_original_sha512", "must be 128 lowercase hex digits"))

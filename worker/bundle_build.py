@@ -14,14 +14,15 @@ import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from concurrent.futures import Future
-from typing import Any
+from concurrent.futures import Executor, Future
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, BinaryIO
 
 from core.bundles import Bundles, MemberUnavailable, member_source, title_words
 from core.config import Settings
 from core.database import Database, Row
 from core.definitions import Registry
-from core.storage import ObjectStorage, chunk_stream, read_chunks
+from core.storage import ObjectMissing, ObjectStorage, chunk_stream, read_chunks
 from worker.pdf_writer import NotAJpeg, Page, PdfStream
 from worker.zip_writer import zip_stream
 
@@ -29,6 +30,10 @@ log = logging.getLogger("derivatives.bundle_build")
 
 # Derives one asset's key; returns a failure reason or None (the runner's per-asset path).
 DeriveFn = Callable[[str, str], Awaitable[str | None]]
+
+
+# Opens member i's JPEG (looking its location up again if the object vanished meanwhile).
+MemberFile = Callable[[int], AbstractContextManager[BinaryIO]]
 
 
 class BuildAborted(Exception):
@@ -49,6 +54,7 @@ class BundleBuild:
         bundles: Bundles,
         derive: DeriveFn,
         prefetch: int,
+        writers: Executor,
     ) -> None:
         self.db = db
         self.storage = storage
@@ -57,6 +63,7 @@ class BundleBuild:
         self.bundles = bundles
         self.derive = derive
         self.prefetch = max(1, prefetch)
+        self.writers = writers
 
     async def run(
         self,
@@ -80,7 +87,9 @@ class BundleBuild:
                     tasks[j] = asyncio.ensure_future(self._location(j, members[j], kind))
             return tasks[i]
 
-        async def location(i: int) -> tuple[str, str]:
+        async def location(i: int, fresh: bool) -> tuple[str, str]:
+            if fresh:  # the object we were given vanished (a derivative replaced meanwhile): look again
+                tasks.pop(i, None)
             task = schedule(i)
             tasks.pop(i - 1, None)
             return await task
@@ -92,23 +101,42 @@ class BundleBuild:
             done_count = n
             asyncio.run_coroutine_threadsafe(progress(n, stage), loop)
 
-        def fetch(i: int) -> tuple[str, str]:  # in the writer thread
+        def fetch(i: int, fresh: bool = False) -> tuple[str, str]:  # in the writer thread
             if should_stop():
                 raise BuildAborted()
-            future: Future[tuple[str, str]] = asyncio.run_coroutine_threadsafe(location(i), loop)
+            future: Future[tuple[str, str]] = asyncio.run_coroutine_threadsafe(location(i, fresh), loop)
             return future.result()
 
+        @contextmanager
+        def member_file(i: int) -> Iterator[BinaryIO]:
+            for attempt in range(3):
+                bucket, key = fetch(i, fresh=attempt > 0)
+                opened = self.storage.open(bucket, key)
+                try:
+                    fh = opened.__enter__()
+                except ObjectMissing:
+                    continue
+                try:
+                    yield fh
+                finally:
+                    opened.__exit__(None, None, None)
+                return
+            raise MemberUnavailable(f"member {i + 1} (asset {members[i]['asset_id']}): its JPEG kept vanishing")
+
         writer = self._pdf if kind == "pdf" else self._zip
-        chunks = writer(work, members, fetch, member_done)
+        chunks = writer(work, members, member_file, member_done)
         stream, counter = chunk_stream(chunks)
         try:
-            await asyncio.to_thread(
-                self.storage.put,
-                bundle["bucket"],
-                bundle["object_key"],
-                stream,
-                length=-1,
-                content_type="application/pdf" if kind == "pdf" else "application/zip",
+            await loop.run_in_executor(
+                self.writers,
+                functools.partial(
+                    self.storage.put,
+                    bundle["bucket"],
+                    bundle["object_key"],
+                    stream,
+                    length=-1,
+                    content_type="application/pdf" if kind == "pdf" else "application/zip",
+                ),
             )
         finally:
             for task in tasks.values():
@@ -135,7 +163,7 @@ class BundleBuild:
         raise MemberUnavailable(f"{label}: its original changed during the build")
 
     def _pdf(
-        self, work: Row, members: list[Row], fetch: Callable[[int], tuple[str, str]], done: Callable[..., None]
+        self, work: Row, members: list[Row], member_file: MemberFile, done: Callable[..., None]
     ) -> Iterator[bytes]:
         info = {
             "Title": work["title"],
@@ -147,8 +175,7 @@ class BundleBuild:
 
         def pages() -> Iterator[Page]:
             for i, member in enumerate(members):
-                bucket, key = fetch(i)
-                with self.storage.open(bucket, key) as fh:
+                with member_file(i) as fh:
                     data = fh.read()  # one page in memory at a time
                 if i:
                     done(i)
@@ -161,7 +188,7 @@ class BundleBuild:
             raise MemberUnavailable(f"a member's JPEG is unreadable: {exc}") from None
 
     def _zip(
-        self, work: Row, members: list[Row], fetch: Callable[[int], tuple[str, str]], done: Callable[..., None]
+        self, work: Row, members: list[Row], member_file: MemberFile, done: Callable[..., None]
     ) -> Iterator[bytes]:
         width = max(3, len(str(len(members))))
         words = title_words(work["title"])
@@ -178,14 +205,14 @@ class BundleBuild:
 
         def entries() -> Iterator[tuple[str, Iterator[bytes]]]:
             for i, member in enumerate(members):
-                bucket, key = fetch(i)
                 name = f"{i + 1:0{width}d}-{words}_{work['work_id']}_{i + 1}_{member['asset_id']}.jpg"
-                yield name, self._read(bucket, key, functools.partial(done, i + 1))
+                yield name, _chunks(member_file, i, functools.partial(done, i + 1))
             done(len(members), "finishing")
 
         return zip_stream(entries(), about, about)
 
-    def _read(self, bucket: str, key: str, finished: Callable[[], None]) -> Iterator[bytes]:
-        with self.storage.open(bucket, key) as fh:
-            yield from read_chunks(fh)
-        finished()
+
+def _chunks(member_file: MemberFile, i: int, finished: Callable[[], None]) -> Iterator[bytes]:
+    with member_file(i) as fh:
+        yield from read_chunks(fh)
+    finished()

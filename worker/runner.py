@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,10 +41,18 @@ class JobState:
     row: Row
     done: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
+    reported_failures: int = 0  # failures[:reported_failures] are in the jobs row already
+    progress_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     lease_lost: bool = False
     complete: bool = False
     stage: str = "running"
     reported_at: float = 0.0
+
+    def unreported(self) -> list[dict[str, str]]:
+        """Failures not yet written, marked as written (each progress write appends its share)."""
+        new = self.failures[self.reported_failures :]
+        self.reported_failures = len(self.failures)
+        return new
 
 
 class Runner:
@@ -56,8 +65,6 @@ class Runner:
         self.pool = pool
         self.jobs = Jobs(db, settings.job_lease_seconds)
         self.derivatives = Derivatives(db, storage, settings.bucket_derivatives)
-        bundles = Bundles(db, storage, settings, registry, self.jobs)
-        self.builder = BundleBuild(db, storage, settings, registry, bundles, self._derive_for_bundle, 2 * pool.size)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # Assets in flight across jobs: two per process, so while one asset's results are attached in
         # Postgres (no CPU), the next is already rendering.
@@ -65,11 +72,19 @@ class Runner:
         # Jobs held at once: more than the processes, so a long bundle build (mostly I/O) does not hold
         # every derivative job back; the slots above still bound the CPU work.
         self.max_jobs = 2 * pool.size
+        # Bundle writers stream for minutes: their own threads, so they never starve asyncio.to_thread
+        # (health probes, uploads) and at most max_jobs of them run.
+        self.writers = ThreadPoolExecutor(max_workers=self.max_jobs, thread_name_prefix="bundle-writer")
+        bundles = Bundles(db, storage, settings, registry, self.jobs)
+        self.builder = BundleBuild(
+            db, storage, settings, registry, bundles, self._derive_for_bundle, 2 * pool.size, self.writers
+        )
         self.stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._cleanups: set[asyncio.Future[None]] = set()
+        self._renders: set[asyncio.Future[list[dict[str, Any]]]] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -92,6 +107,7 @@ class Runner:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.writers.shutdown(wait=False, cancel_futures=True)
 
     async def _listen(self) -> None:
         """Wake the claim loop on NOTIFY; a lost connection only means polling until it is back."""
@@ -106,7 +122,12 @@ class Runner:
                 await asyncio.sleep(2)
 
     async def _claim_loop(self) -> None:
+        last_sweep = 0.0
         while not self.stopping.is_set():
+            now = asyncio.get_running_loop().time()
+            if now - last_sweep >= self.jobs.lease_seconds:
+                last_sweep = now
+                await self._fail_exhausted()
             claimed = None
             if len(self._running) < self.max_jobs:
                 try:
@@ -121,6 +142,22 @@ class Runner:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+
+    async def _fail_exhausted(self) -> None:
+        """Jobs whose runner died on every attempt end as failed (and their bundles as errors)."""
+        try:
+            for row in await self.jobs.fail_exhausted():
+                log.error("job %s: %s", row["job_id"], row["error"])
+                if row["kind"] == BUILD_BUNDLE:
+                    await self.db.execute(
+                        "bundle_failed",
+                        bundle_id=uuid.UUID(row["payload"]["bundle_id"]),
+                        job_id=row["job_id"],
+                        worker_id=None,
+                        error=row["error"],
+                    )
+        except Exception as exc:
+            log.warning("sweeping exhausted jobs failed: %s", exc)
 
     # --- one job ------------------------------------------------------------------------------
 
@@ -141,7 +178,7 @@ class Runner:
                 log.info("job %s: re-queued at %d/%d on shutdown", job_id, job.done, job.row["total"])
                 return
             await self.jobs.finish(
-                job_id, self.worker_id, stage="succeeded", done=job.done, failures=job.failures, result=result
+                job_id, self.worker_id, stage="succeeded", done=job.done, new_failures=job.unreported(), result=result
             )
             log.info("job %s: succeeded (%d failures)", job_id, len(job.failures))
         except BuildAborted:
@@ -174,22 +211,38 @@ class Runner:
             log.error("job %s: failed: %s", job_id, reason, exc_info=None if permanent else exc)
             if job.row["kind"] == BUILD_BUNDLE:
                 bundle_id = uuid.UUID(job.row["payload"]["bundle_id"])
-                await self.db.execute("bundle_failed", bundle_id=bundle_id, job_id=job_id, error=reason)
+                await self.db.execute(
+                    "bundle_failed", bundle_id=bundle_id, job_id=job_id, worker_id=self.worker_id, error=reason
+                )
             await self.jobs.finish(
-                job_id, self.worker_id, stage="failed", done=job.done, failures=job.failures, error=reason
+                job_id, self.worker_id, stage="failed", done=job.done, new_failures=job.unreported(), error=reason
             )
         except Exception as again:  # the lease runs out and another runner retries it
             log.error("job %s: could not record failure: %s", job_id, again)
 
     async def _progress(self, job: JobState, done: int, stage: str = "running", force: bool = False) -> None:
-        """Record progress, at most every PROGRESS_INTERVAL unless the stage changes or it is forced."""
+        """Record progress, at most every PROGRESS_INTERVAL unless the stage changes or it is forced.
+
+        Writes of one job go one at a time, in call order (the bundle writer thread schedules them).
+        """
+        async with job.progress_lock:
+            await self._write_progress(job, done, stage, force)
+
+    async def _write_progress(self, job: JobState, done: int, stage: str, force: bool) -> None:
+        if done < job.done and stage == job.stage:
+            return  # never report going backwards
         now = asyncio.get_running_loop().time()
         if not force and stage == job.stage and now - job.reported_at < PROGRESS_INTERVAL and done < job.row["total"]:
             job.done = done
             return
         job.done, job.stage, job.reported_at = done, stage, now
         row = await self.jobs.progress(
-            job.row["job_id"], self.worker_id, done=done, total=job.row["total"], stage=stage, failures=job.failures
+            job.row["job_id"],
+            self.worker_id,
+            done=done,
+            total=job.row["total"],
+            stage=stage,
+            new_failures=job.unreported(),
         )
         if row is None:
             job.lease_lost = True
@@ -208,9 +261,8 @@ class Runner:
             worker_id=self.worker_id,
             size_bytes=result["size_bytes"],
         )
-        if done is None:
-            job.lease_lost = True  # another runner owns it now
-            return None
+        if done is None:  # lease lost (the fenced finish will refuse too), or the bundle was restarted
+            log.warning("bundle %s: built, but the bundle no longer belongs to job %s", bundle_id, job.row["job_id"])
         job.done, job.complete = job.row["total"], True
         log.info("bundle %s: built, %d bytes", bundle_id, result["size_bytes"])
         return result
@@ -245,7 +297,7 @@ class Runner:
                         asset_id, payload.get("only", []), payload.get("exclude", []), payload.get("lazy", False)
                     )
                 job.failures.extend(failures)
-                await self._progress(job, job.done + 1, force=bool(failures))
+                await self._progress(job, job.done + 1)
 
         # A TaskGroup: when one asset raises (storage away), its siblings are cancelled too.
         async with asyncio.TaskGroup() as group:
@@ -280,10 +332,7 @@ class Runner:
             ]
         results: list[dict[str, Any]] = []
         if plan:
-            try:
-                results = await self._render(_asset_input(asset), [d.as_dict() for d in plan])
-            except WorkerCrashed as exc:
-                results = [{"key": d.key, "failed": str(exc)} for d in plan]
+            results = await self._render_with_retry(_asset_input(asset), [d.as_dict() for d in plan])
         made = [_made(r) for r in results if "failed" not in r]
         if made and await self.derivatives.attach(asset_id, asset["sha512"], made) is None:
             return [{"asset_id": asset_id, "key": "", "reason": "original replaced while rendering; results discarded"}]
@@ -292,9 +341,25 @@ class Runner:
             await self.derivatives.record_failure(asset_id, asset["sha512"], failure["key"], failure["reason"])
         return failures
 
+    async def _render_with_retry(
+        self, asset: dict[str, Any], definitions: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """A crashed pool process fails every task it had in flight, most of them innocent: try again
+        once on the new pool, and record the crash only if this original crashes it again."""
+        for attempt in (1, 2):
+            try:
+                return await self._render(asset, definitions)
+            except WorkerCrashed as exc:
+                if attempt == 2:
+                    return [{"key": d["key"], "failed": str(exc)} for d in definitions]
+                log.warning("asset %s: worker process died; rendering it again", asset["asset_id"])
+        raise AssertionError("unreachable")
+
     async def _render(self, asset: dict[str, Any], definitions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Run the pool task; if we are cancelled meanwhile, delete what it uploads once it ends."""
         future = asyncio.ensure_future(self.pool.run(tasks.make_derivatives, asset, definitions))
+        self._renders.add(future)
+        future.add_done_callback(self._renders.discard)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -311,6 +376,8 @@ class Runner:
 
     async def drain_cleanups(self) -> None:
         """After the pool has shut down: finish deleting uploads of cancelled renders."""
+        await asyncio.gather(*self._renders, return_exceptions=True)
+        await asyncio.sleep(0)  # let their done-callbacks schedule the deletions
         await asyncio.gather(*self._cleanups, return_exceptions=True)
 
 

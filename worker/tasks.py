@@ -6,6 +6,7 @@ touches no database: the parent attaches results under the concurrency contract.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -67,7 +68,7 @@ def make_derivatives(asset: dict[str, Any], definitions: list[dict[str, Any]]) -
     Returns one dict per definition: the uploaded object's description, or
     {"key", "failed": reason}.
     """
-    from worker.imaging import Failed, render_all
+    from worker.imaging import render_all
 
     settings, storage = _context()
     plan = [Definition.from_dict(d) for d in definitions]
@@ -83,23 +84,44 @@ def make_derivatives(asset: dict[str, Any], definitions: list[dict[str, Any]]) -
         out_dir.mkdir()
         results = render_all(original, asset["content_type"], plan, out_dir, settings.max_pixels)
         out: list[dict[str, Any]] = []
-        for definition, result in zip(plan, results, strict=True):
-            if isinstance(result, Failed):
-                out.append({"key": result.key, "failed": result.reason})
-                continue
-            bucket = definition.bucket or settings.bucket_derivatives
-            key = object_key(asset["asset_id"], result.key, "jpg")
-            storage.put_file(bucket, key, result.path, content_type=result.content_type)
-            out.append(
-                {
-                    "key": result.key,
-                    "bucket": bucket,
-                    "object_key": key,
-                    "content_type": result.content_type,
-                    "size_bytes": result.size_bytes,
-                    "width": result.width,
-                    "height": result.height,
-                    "sha512": result.sha512,
-                }
-            )
+        try:
+            _upload(storage, settings, asset, plan, results, out)
+        except BaseException:  # e.g. storage away on the 3rd of 9: the first 2 must not stay orphaned
+            for made in out:
+                if "failed" not in made:
+                    with contextlib.suppress(Exception):
+                        storage.delete(made["bucket"], made["object_key"])
+            raise
         return out
+
+
+def _upload(
+    storage: ObjectStorage,
+    settings: Settings,
+    asset: dict[str, Any],
+    plan: list[Definition],
+    results: list[Any],
+    out: list[dict[str, Any]],
+) -> None:
+    """Store each rendered file, appending its description to `out` as it goes."""
+    from worker.imaging import Failed
+
+    for definition, result in zip(plan, results, strict=True):
+        if isinstance(result, Failed):
+            out.append({"key": result.key, "failed": result.reason})
+            continue
+        bucket = definition.bucket or settings.bucket_derivatives
+        key = object_key(asset["asset_id"], result.key, "jpg")
+        storage.put_file(bucket, key, result.path, content_type=result.content_type)
+        out.append(
+            {
+                "key": result.key,
+                "bucket": bucket,
+                "object_key": key,
+                "content_type": result.content_type,
+                "size_bytes": result.size_bytes,
+                "width": result.width,
+                "height": result.height,
+                "sha512": result.sha512,
+            }
+        )

@@ -112,40 +112,69 @@ SELECT * FROM jobs WHERE job_id = %(job_id)s;
 SELECT * FROM progress_events WHERE job_id = %(job_id)s AND seq > %(after_seq)s ORDER BY seq LIMIT %(limit)s;
 
 -- name: prune_progress_events
-DELETE FROM progress_events e USING jobs j
-WHERE e.job_id = j.job_id AND j.finished_at < now() - make_interval(secs => %(older_than_seconds)s);
+-- In batches: the sweep must never hold the hub up for long.
+DELETE FROM progress_events WHERE (job_id, seq) IN (
+    SELECT e.job_id, e.seq FROM progress_events e JOIN jobs j USING (job_id)
+    WHERE j.finished_at < now() - make_interval(secs => %(older_than_seconds)s)
+    LIMIT 5000
+);
 
 -- name: bundle_job
 SELECT job_id FROM bundles WHERE bundle_id = %(bundle_id)s;
 
 -- name: claim_job
 -- One ready job, skipping rows other workers hold. A job whose worker stopped
--- heartbeating is ready again (its lease expired).
-UPDATE jobs SET stage = 'running', attempts = attempts + 1, worker_id = %(worker_id)s,
-               heartbeat_at = now(), updated_at = now(), seq = seq + 1
+-- heartbeating is ready again (its lease expired) unless it has used up its attempts
+-- (fail_exhausted_jobs ends those). A new attempt starts over: done and failures reset.
+UPDATE jobs SET stage = 'running', attempts = attempts + 1, worker_id = %(worker_id)s, done = 0,
+               failures = '[]'::jsonb, heartbeat_at = now(), updated_at = now(), seq = seq + 1
 WHERE job_id = (
     SELECT job_id FROM jobs
     WHERE kind = ANY(%(kinds)s::text[])
       AND ((stage = 'queued' AND run_after <= now())
-           OR (stage IN ('running', 'finishing') AND heartbeat_at < now() - make_interval(secs => %(lease_seconds)s)))
+           OR (stage IN ('running', 'finishing') AND attempts < max_attempts
+               AND heartbeat_at < now() - make_interval(secs => %(lease_seconds)s)))
     ORDER BY run_after, created_at
     FOR UPDATE SKIP LOCKED
     LIMIT 1
 )
 RETURNING *;
 
+-- name: fail_exhausted_jobs
+-- Jobs whose runner died on every attempt (a crash, an out-of-memory kill): failed for good.
+UPDATE jobs SET stage = 'failed', worker_id = NULL, finished_at = now(), updated_at = now(), seq = seq + 1,
+               error = format('gave up after %%s attempts: the runner stopped responding each time', attempts)
+WHERE job_id IN (
+    SELECT job_id FROM jobs
+    WHERE stage IN ('running', 'finishing') AND attempts >= max_attempts
+      AND heartbeat_at < now() - make_interval(secs => %(lease_seconds)s)
+    FOR UPDATE SKIP LOCKED LIMIT 100
+)
+RETURNING job_id, kind, payload, error;
+
+-- name: prune_jobs
+-- Finished jobs no bundle points at, long after they ended (their events go with them).
+DELETE FROM jobs WHERE job_id IN (
+    SELECT j.job_id FROM jobs j
+    WHERE j.finished_at < now() - make_interval(secs => %(older_than_seconds)s)
+      AND NOT EXISTS (SELECT 1 FROM bundles b WHERE b.job_id = j.job_id)
+    LIMIT 1000
+);
+
 -- name: heartbeat_job
 UPDATE jobs SET heartbeat_at = now() WHERE job_id = %(job_id)s AND worker_id = %(worker_id)s
 RETURNING job_id;
 
 -- name: progress_job
-UPDATE jobs SET done = %(done)s, total = %(total)s, stage = %(stage)s, failures = %(failures)s,
+-- new_failures are appended: a job with many failures does not rewrite them all each time.
+UPDATE jobs SET done = %(done)s, total = %(total)s, stage = %(stage)s, failures = failures || %(new_failures)s,
                heartbeat_at = now(), updated_at = now(), seq = seq + 1
 WHERE job_id = %(job_id)s AND worker_id = %(worker_id)s
 RETURNING *;
 
 -- name: finish_job
-UPDATE jobs SET stage = %(stage)s, done = %(done)s, failures = %(failures)s, error = %(error)s, result = %(result)s,
+UPDATE jobs SET stage = %(stage)s, done = %(done)s, failures = failures || %(new_failures)s, error = %(error)s,
+               result = %(result)s,
                finished_at = now(), updated_at = now(), seq = seq + 1, worker_id = NULL
 WHERE job_id = %(job_id)s AND worker_id = %(worker_id)s
 RETURNING *;
@@ -195,8 +224,12 @@ WHERE b.bundle_id = %(bundle_id)s AND j.job_id = b.job_id AND j.job_id = %(job_i
 RETURNING b.bundle_id;
 
 -- name: bundle_failed
-UPDATE bundles SET status = 'error', error = %(error)s, updated_at = now()
-WHERE bundle_id = %(bundle_id)s AND job_id = %(job_id)s;
+-- Fenced like bundle_succeeded: only the job's current owner may mark the bundle (NULL owner:
+-- the job was given up by fail_exhausted_jobs).
+UPDATE bundles b SET status = 'error', error = %(error)s, updated_at = now()
+FROM jobs j
+WHERE b.bundle_id = %(bundle_id)s AND j.job_id = b.job_id AND j.job_id = %(job_id)s
+  AND j.worker_id IS NOT DISTINCT FROM %(worker_id)s;
 
 -- name: reap_idle_bundles
 -- Bundles nobody asked for within the idle window; SKIP LOCKED lets several servers reap.
@@ -204,21 +237,31 @@ DELETE FROM bundles WHERE bundle_id IN (
     SELECT bundle_id FROM bundles
     WHERE status <> 'in_progress' AND last_accessed_at < now() - make_interval(secs => %(idle_seconds)s)
     ORDER BY last_accessed_at LIMIT 500 FOR UPDATE SKIP LOCKED
-)
+) AND status <> 'in_progress'
 RETURNING bucket, object_key, size_bytes;
 
 -- name: reap_over_budget
 -- Least recently used finished bundles beyond the total-size budget.
+-- The outer status check matters: a row being restarted meanwhile is re-checked after its lock.
 DELETE FROM bundles WHERE bundle_id IN (
     SELECT bundle_id FROM (
         SELECT bundle_id, sum(size_bytes) OVER (ORDER BY last_accessed_at DESC, bundle_id) AS running
         FROM bundles WHERE status = 'success'
     ) ranked
     WHERE running > %(budget_bytes)s
-)
+) AND status = 'success'
 RETURNING bucket, object_key, size_bytes;
+
+-- name: bundle_object_in_use
+SELECT 1 AS found FROM bundles WHERE bucket = %(bucket)s AND object_key = %(object_key)s LIMIT 1;
 
 -- name: work_members_with_assets
 SELECT m.position, a.asset_id, a.content_type, a.sha512, a.width, a.height, a.bucket, a.object_key
 FROM work_members m JOIN assets a USING (asset_id)
 WHERE m.work_id = %(work_id)s ORDER BY m.position;
+
+-- name: original_referenced
+SELECT 1 AS found FROM assets WHERE bucket = %(bucket)s AND object_key = %(object_key)s LIMIT 1;
+
+-- name: derivative_keys_referenced
+SELECT object_key FROM derivatives WHERE asset_id = %(asset_id)s AND object_key = ANY(%(object_keys)s::text[]);

@@ -102,3 +102,34 @@ def test_a_standalone_worker_host_runs_jobs_for_a_server_without_a_pool(tmp_path
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0, (tmp_path / "worker.log").read_text()[-2000:]
         assert server.stop() == 0
+
+
+def test_a_job_whose_runner_died_every_time_fails_for_good(tmp_path: Path, postgres: Postgres) -> None:
+    import uuid
+
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    env = server_env(
+        "file",
+        postgres.new_database("exhaust"),
+        tmp_path / "data",
+        None,
+        DERIVATIVES_WORKERS="1",
+        DERIVATIVES_JOB_LEASE_SECONDS="1",
+    )
+    server = ServerProcess(env, tmp_path / "server.log").start()
+    try:
+        job_id = uuid.uuid4()
+        with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:  # as a crashed runner leaves it
+            conn.execute(
+                "INSERT INTO jobs (job_id, kind, payload, total, stage, attempts, worker_id, heartbeat_at)"
+                " VALUES (%s, 'create_derivatives', %s, 1, 'running', 5, 'dead-host:1', now() - interval '1 hour')",
+                (job_id, Jsonb({"asset_ids": ["x"], "only": [], "exclude": [], "lazy": False})),
+            )
+        with server.channel() as channel:
+            job = wait_job(server.stub(channel), str(job_id), timeout=60)
+        assert job.stage == pb.STAGE_FAILED and job.attempts == 5
+        assert "gave up after 5 attempts" in job.error.message
+    finally:
+        assert server.stop() == 0

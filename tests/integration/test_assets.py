@@ -137,6 +137,9 @@ def test_put_from_storage_ref_copies_the_object(stub, server: ServerProcess) -> 
         stub.PutAsset,
         pb.PutAssetRequest(asset_id=new_id(), storage_ref=pb.StorageRef(bucket=bucket, key="incoming/nothing.png")),
     )
+    # A "directory" (a key prefix) is not an object either.
+    directory = pb.StorageRef(bucket=bucket, key="incoming")
+    expect_error(grpc.StatusCode.NOT_FOUND, stub.PutAsset, pb.PutAssetRequest(asset_id=new_id(), storage_ref=directory))
     err = expect_error(
         INVALID,
         stub.PutAsset,

@@ -51,6 +51,14 @@ def test_work_errors(stub) -> None:  # type: ignore[no-untyped-def]
         )
     )
     assert {"work_id", "title", "member_asset_ids[1]"} <= set(violations)
+    nul = field_violations(
+        expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            stub.PutWork,
+            pb.PutWorkRequest(work_id="w-nul", title="a\x00b", creator="c\x00"),
+        )
+    )
+    assert {"title", "creator"} <= set(nul)
 
 
 def test_member_asset_cannot_be_deleted(stub) -> None:  # type: ignore[no-untyped-def]
