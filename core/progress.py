@@ -20,6 +20,7 @@ import psycopg
 
 from core.database import Database, Row
 from core.errors import InvalidArgument
+from core.singleflight import SingleFlight
 
 log = logging.getLogger("derivatives.progress")
 _JobGetter = Callable[[uuid.UUID], Awaitable[Row]]
@@ -60,8 +61,10 @@ class Subscription:
 
 
 class ProgressHub:
-    def __init__(self, db: Database, reread_seconds: float = 2.0) -> None:
+    def __init__(self, db: Database, get_job: _JobGetter, reread_seconds: float = 2.0) -> None:
         self.db = db
+        self._get_job = get_job
+        self._reads: SingleFlight[Row] = SingleFlight()
         self.reread_seconds = reread_seconds
         self._subs: dict[uuid.UUID, set[Subscription]] = {}
         self._dirty: set[uuid.UUID] = set()
@@ -83,6 +86,10 @@ class ProgressHub:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def job(self, job_id: uuid.UUID, at_least_seq: int = 0) -> Row:
+        """The job's row, read once for all watchers that need it at least this fresh."""
+        return await self._reads.do((job_id, at_least_seq), lambda: self._get_job(job_id))
 
     def subscribe(self, job_id: uuid.UUID, last_seq: int) -> Subscription:
         sub = Subscription(job_id, last_seq)
@@ -171,12 +178,11 @@ class Update:
         self.final = final
 
 
-async def watch(
-    hub: ProgressHub, jobs_get: _JobGetter, job_id: uuid.UUID, after_seq: int, heartbeat_seconds: float
-) -> AsyncIterator[Update]:
+async def watch(hub: ProgressHub, job_id: uuid.UUID, after_seq: int, heartbeat_seconds: float) -> AsyncIterator[Update]:
     """A job's progress: first its state (or the events missed since `after_seq`), then each
     change, heartbeats while quiet, and a final update carrying the whole job."""
-    row = await jobs_get(job_id)
+    # A shared read may predate our request: harmless, events after its seq come from the table.
+    row = await hub.job(job_id)
     if after_seq > row["seq"]:
         raise InvalidArgument.one("after_seq", f"is past the target's current seq {row['seq']}")
     sub = hub.subscribe(job_id, row["seq"])
@@ -200,7 +206,7 @@ async def watch(
                 continue
             events, resync = sub.take()
             if resync:
-                last = await jobs_get(job_id)
+                last = await hub.job(job_id, sub.last_seq)
                 sub.last_seq = max(sub.last_seq, last["seq"])
                 if last["stage"] in TERMINAL:
                     yield Update(last, snapshot=True, final=True)
@@ -209,7 +215,8 @@ async def watch(
                 continue
             for event in events:
                 if event["stage"] in TERMINAL:
-                    yield Update(await jobs_get(job_id), final=True)
+                    # Keyed by this event's seq: the shared read starts after the final write committed.
+                    yield Update(await hub.job(job_id, event["seq"]), final=True)
                     return
                 last = event
                 yield Update(event)

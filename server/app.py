@@ -110,7 +110,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             registry=registry,
             jobs=jobs,
             derivatives=Derivatives(db, storage, settings.bucket_derivatives),
-            hub=ProgressHub(db),
+            hub=ProgressHub(db, jobs.get),
             bundles=Bundles(db, storage, settings, registry, jobs),
         )
         runner = Runner(db, storage, settings, registry, pool) if pool is not None else None

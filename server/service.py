@@ -6,6 +6,7 @@ import asyncio
 import base64
 import datetime as dt
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -24,6 +25,7 @@ from core.ids import CALLER_ID, SHA512_HEX, check_caller_id, check_key, check_te
 from core.jobs import Jobs
 from core.media import Spooled, spool_async, spool_stream
 from core.progress import ProgressHub, watch
+from core.singleflight import SingleFlight
 from core.storage import ObjectStorage, read_object
 from core.works import MAX_MEMBERS, Works
 from derivatives.v1 import derivatives_pb2 as pb
@@ -56,6 +58,8 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
     def __init__(self, domain: Domain) -> None:
         self.d = domain
         self.url_expiry = dt.timedelta(seconds=domain.settings.url_expiry_seconds)
+        # Watchers of one target ask for the same rows at once: one query serves them all.
+        self._reads: SingleFlight[Any] = SingleFlight()
 
     def _asset(self, view: AssetView) -> pb.Asset:
         row = view.asset
@@ -259,13 +263,19 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
             job_id = require_uuid(request.job_id, "job_id")
         else:
             bundle_id = require_uuid(request.bundle_id, "bundle_id")
-            job_id = await self.d.jobs.job_of_bundle(bundle_id)
+            job_id = await self._reads.do(("job of", bundle_id), lambda: self.d.jobs.job_of_bundle(bundle_id))
         heartbeat = self.d.settings.progress_heartbeat_seconds
-        async for update in watch(self.d.hub, self.d.jobs.get, job_id, request.after_seq, heartbeat):
+        async for update in watch(self.d.hub, job_id, request.after_seq, heartbeat):
             event = convert.progress_event(update)
             if update.final and bundle_id is not None:  # a bundle's watcher wants the bundle: its URL, size, name
-                event.bundle.CopyFrom(self._bundle(await self.d.bundles.get(bundle_id)))
+                final_bundle = await self._reads.do(
+                    ("bundle", bundle_id, update.row["seq"]), lambda: self._final_bundle(bundle_id)
+                )
+                event.bundle.CopyFrom(final_bundle)
             yield event
+
+    async def _final_bundle(self, bundle_id: uuid.UUID) -> pb.Bundle:
+        return self._bundle(await self.d.bundles.get(bundle_id))
 
     # --- bundles ------------------------------------------------------------------------------
 

@@ -33,7 +33,9 @@ from worker.pool import WorkerCrashed, WorkerPool
 
 log = logging.getLogger("derivatives.runner")
 POLL_SECONDS = 1.0
-PROGRESS_INTERVAL = 0.1  # seconds between progress writes of one job
+# Seconds between progress writes of one job: 4 a second reads as live to a person (the anchor
+# polled every 2 s), and each write is fanned out to every watcher, a thousand of them perhaps.
+PROGRESS_INTERVAL = 0.25
 
 
 @dataclass
