@@ -32,33 +32,42 @@ Run (originals are generated once into bench/.work/, gitignored, and reused):
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import multiprocessing
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script: `tests.harness` is not an installed package
+from common import (
+    WORK,
+    RssSampler,
+    add_docs_args,
+    conclude,
+    default_docs,
+    machine_info,
+    markdown_table,
+    now_text,
+    running_server,
+    server_pids,
+    spawn_pool,
+    text_table,
+    upload_files,
+    verdict,
+)
 
 if TYPE_CHECKING:
     import pyvips
 
     from client.client import Client
-    from tests.harness import Postgres, ServerProcess
+    from tests.harness import ServerProcess
 
 WIDTH, HEIGHT = 6000, 4000
 THUMB_WIDTH = 500
@@ -75,16 +84,8 @@ TARGET_ONE_DECODE_RATIO = 2.0
 DEFAULT_IMAGES = 48
 DEFAULT_REPS = 5
 
-WORK = ROOT / "bench" / ".work"
 ORIGINALS = WORK / "originals-v1"  # bump the suffix when the generator changes
-DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Per-asset derivatives (issue 3)"
-DOCS_HEADER = """# Benchmarks
-
-Numbers here are ratios from one run on a shared 2-core machine: compare the rows of
-one section with each other, not absolute numbers across runs or machines.
-Reproduce with `make bench` (or `.venv/bin/python bench/thumbnails.py`).
-"""
 DEFINITIONS_TOML = f"""[[derivative]]
 key = "{THUMB_KEY}"
 content_types = ["image"]
@@ -366,7 +367,7 @@ class Service:
         from client.client import TERMINAL
 
         deadline = time.monotonic() + run_timeout(len(self.asset_ids))
-        with RssSampler(self.server_pids) as sampler:
+        with RssSampler(lambda: server_pids(self.server)) as sampler:
             start = time.perf_counter()
             job = self.client.create_derivatives(self.asset_ids, only=[THUMB_KEY])
             while job.stage not in TERMINAL:
@@ -378,13 +379,6 @@ class Service:
         self.peak_rss = max(self.peak_rss, sampler.peak)
         self.last_job = job
         return elapsed, []
-
-    def server_pids(self) -> list[int]:
-        import psutil
-
-        assert self.server.proc is not None
-        root = psutil.Process(self.server.proc.pid)
-        return [root.pid, *(child.pid for child in root.children(recursive=True))]
 
     def check(self) -> list[str]:
         from derivatives.v1 import derivatives_pb2 as pb
@@ -429,7 +423,7 @@ class WorkerTaskLoop:
     definitions: list[dict[str, Any]]
     results: list[list[dict[str, Any]]] = field(default_factory=list)
     name: str = "worker_task"
-    label: str = "  diag: worker task only (storage copy in/out + render_all; no gRPC/Postgres)"
+    label: str = "  diag: worker task only (storage in/out + render_all; no gRPC/Postgres)"
     baseline: bool = False
 
     def run(self) -> tuple[float, list[tuple[str, float]]]:
@@ -452,100 +446,31 @@ class WorkerTaskLoop:
         return problems
 
 
-class RssSampler:
-    """Peak summed RSS of a process tree, sampled every 50 ms in a thread."""
-
-    def __init__(self, pids: Callable[[], list[int]]) -> None:
-        self.pids = pids
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            total = 0
-            for pid in self.pids():
-                try:
-                    total += psutil.Process(pid).memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            self._stop.wait(0.05)
-
-
 # --- setting up -----------------------------------------------------------------------------
-
-
-def spawn_pool(processes: int, initializer: Callable[..., None], *initargs: Any) -> ProcessPoolExecutor:
-    pool = ProcessPoolExecutor(
-        max_workers=processes,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=initializer,
-        initargs=initargs,
-    )
-    list(pool.map(time.sleep, [0.2] * processes))  # start every process now, untimed
-    return pool
 
 
 @contextmanager
 def running_service(originals: list[Original], service_dir: Path) -> Iterator[Service]:
     """Postgres + `python -m server` (file storage, 2 workers); uploads every original untimed."""
     from client.client import Client
-    from tests.harness import Postgres, ServerProcess, server_env
 
-    shutil.rmtree(service_dir, ignore_errors=True)
-    service_dir.mkdir(parents=True)
-    definitions = service_dir / "definitions.toml"
-    definitions.write_text(DEFINITIONS_TOML)
-    postgres: Postgres | None = None
-    server: ServerProcess | None = None
-    try:
-        postgres = Postgres(service_dir / "pg")
-        env = server_env(
-            "file",
-            postgres.new_database("bench"),
-            service_dir / "data",
-            None,
-            DERIVATIVES_WORKERS=str(PROCESSES),
-            DERIVATIVES_DEFINITIONS=str(definitions),
-            DERIVATIVES_HEALTH_INTERVAL="2.0",  # the production default, not the tests' 0.5 s
-        )
-        server = ServerProcess(env, service_dir / "server.log").start()
+    with running_server(
+        service_dir,
+        "server-last.log",
+        DEFINITIONS_TOML,
+        DERIVATIVES_WORKERS=str(PROCESSES),
+        DERIVATIVES_HEALTH_INTERVAL="2.0",  # the production default, not the tests' 0.5 s
+    ) as server:
+        definitions = Path(server.env["DERIVATIVES_DEFINITIONS"])
         with Client(server.address) as client:
             asset_ids = upload_all(client, originals)
             yield Service(server, client, asset_ids, definitions)
-    finally:
-        if server is not None:
-            code = server.stop()
-            if code != 0:
-                print(f"warning: server exited with {code}", file=sys.stderr)
-        if postgres is not None:
-            postgres.stop()
-        log = service_dir / "server.log"
-        if log.exists():
-            shutil.copyfile(log, WORK / "server-last.log")  # kept for a look at what the server did
-        shutil.rmtree(service_dir, ignore_errors=True)
 
 
 def upload_all(client: Client, originals: list[Original]) -> list[str]:
     """UploadOriginal (streamed: a 72 MB TIFF is over PutAsset's 64 MiB message limit)."""
-    print(f"uploading {len(originals)} originals to the service (untimed) ...", flush=True)
-    asset_ids = []
-    for original in originals:
-        asset_id = f"bench-{original.path.stem}-{original.kind.lower()}"
-        client.upload(asset_id, original.path, original.content_type, skip_derivatives=True)
-        asset_ids.append(asset_id)
-    return asset_ids
+    files = [(f"bench-{o.path.stem}-{o.kind.lower()}", o.path, o.content_type) for o in originals]
+    return upload_files(client, files, "originals")
 
 
 def thumb_definition(definitions_path: Path) -> list[dict[str, Any]]:
@@ -686,29 +611,6 @@ class Report:
         return self.service.best_rate / self.fastest_baseline.best_rate
 
 
-def machine_info() -> dict[str, str]:
-    import PIL
-    import pyvips
-
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    cli = "not installed"
-    if shutil.which("vipsthumbnail"):
-        cli = subprocess.run(["vipsthumbnail", "--version"], capture_output=True, text=True).stdout.strip()
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "libvips": f"{pyvips.version(0)}.{pyvips.version(1)}.{pyvips.version(2)}",
-        "vipsthumbnail": cli,
-        "pillow": PIL.__version__,
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-    }
-
-
 def fmt_ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.0f}"
 
@@ -747,23 +649,6 @@ def decode_rows(report: Report) -> list[list[str]]:
         ]
         for c in report.one_decode
     ]
-
-
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def verdict(met: bool) -> str:
-    return "MET" if met else "NOT MET"
 
 
 def service_verdict(report: Report) -> str:
@@ -816,8 +701,8 @@ def breakdown(report: Report) -> list[str]:
         (
             "worker_task",
             "the worker task",
-            f"copying the original out of file storage (mean {report.mean_original_mb:.0f} MB) "
-            "to a temp file, uploading the result",
+            f"opening the original in file storage (mean {report.mean_original_mb:.0f} MB; read in place, "
+            "a remote backend would download it), uploading the result",
         ),
         ("service", "the service end to end", "gRPC, Postgres job claim/progress/attach per asset, scheduling"),
     ]
@@ -834,12 +719,12 @@ def breakdown(report: Report) -> list[str]:
 
 
 PER_ASSET_PATH = (
-    "Per asset, the service's runner (`worker/runner.py`) holds one of its 2 slots through: a Postgres read of "
-    "the asset; the task handed to a pool process; the worker copying the whole original out of storage into a "
-    "temp file (on the filesystem backend, a copy of a file already on local disk: 72 MB for a TIFF); "
-    "`render_all`; the thumbnail copied into storage; then an attach transaction (row lock, upsert, clear "
-    "failure), the replaced object deleted, and a progress update. Nothing is prefetched, so the pool process "
-    "idles during the Postgres steps and that bookkeeping adds straight to the wall time."
+    "Per asset, the service's runner (`worker/runner.py`) holds one of its 4 slots (two per pool process, so a "
+    "process has the next asset while the last one's results are attached) through: a Postgres read of the "
+    "asset; the task handed to a pool process, which reads a filesystem original in place (a remote one is "
+    "downloaded first), runs `render_all` and stores the thumbnail; then an attach transaction (row lock, upsert), "
+    "the replaced object deleted, and a progress write at most 4 times a second. The server process's own CPU "
+    "for this bookkeeping competes with the 2 pool processes for the 2 cores."
 )
 
 
@@ -881,7 +766,7 @@ def markdown_section(report: Report) -> str:
     m = report.machine
     service_note = (
         "The service row includes everything a real job does per asset: the runner reading the asset "
-        "from Postgres, the worker copying the original out of filesystem storage to a temp file, "
+        "from Postgres, the worker opening the original in filesystem storage (read in place), "
         "decoding and encoding, hashing and storing the result, and the Postgres bookkeeping "
         "(attach, progress); the originals were uploaded beforehand with UploadOriginal "
         "(`skip_derivatives`, untimed). Repetitions after the first replace the previous thumbnails."
@@ -950,23 +835,6 @@ def default_sets(report: Report) -> list[tuple[str, list[str]]]:
     return list(first.items())
 
 
-def replace_section(text: str, section: str) -> str:
-    """`text` with the section titled SECTION replaced by `section` (appended if absent); others kept."""
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        return text.rstrip("\n") + "\n\n" + section
-    end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-    rest = "".join(lines[end:])
-    return "".join(lines[:start]) + section + ("\n" + rest if rest else "")
-
-
-def write_docs(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else DOCS_HEADER
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(replace_section(text, section))
-
-
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -978,15 +846,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--reps", type=int, default=None, help=f"repetitions of each contender (default {DEFAULT_REPS})"
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run: 4 images, 1 repetition, docs untouched")
-    parser.add_argument("--docs", type=Path, default=None, help=f"markdown file to update (default {DOCS})")
+    add_docs_args(parser, "smoke run: 4 images, 1 repetition, docs untouched")
     args = parser.parse_args(argv)
     args.images = args.images or (4 if args.quick else DEFAULT_IMAGES)
     args.reps = args.reps or (1 if args.quick else DEFAULT_REPS)
     if args.images < 2 or args.reps < 1:
         parser.error("--images must be >= 2 and --reps >= 1")
-    if args.docs is None and not args.quick:
-        args.docs = DOCS
+    default_docs(args)
     return args
 
 
@@ -1069,7 +935,7 @@ def run(args: argparse.Namespace) -> tuple[Report, list[str]]:
     problems = [f"{m.name}: {p}" for m in measured for p in m.problems]
     problems += [f"one decode: {p}" for p in decode_problems]
     report = Report(
-        when=dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        when=now_text(),
         machine=machine_info(),
         originals=description,
         reps=args.reps,
@@ -1089,15 +955,7 @@ def main(argv: list[str] | None = None) -> int:
     report, problems = run(args)
     print()
     print(console_report(report))
-    if problems:
-        print(f"\nWRONG OUTPUT ({len(problems)}):", *problems[:50], sep="\n  ", file=sys.stderr)
-        print("docs not updated: the numbers above are not trustworthy", file=sys.stderr)
-        return 1
-    if args.docs is not None:
-        write_docs(args.docs, markdown_section(report))
-        print(f"\nupdated {args.docs} ({SECTION!r})")
-    print(f"total {time.monotonic() - started:.0f} s")
-    return 0
+    return conclude(problems, args.docs, SECTION, lambda: markdown_section(report), started)
 
 
 if __name__ == "__main__":

@@ -140,6 +140,7 @@ class Runner:
                 task = asyncio.create_task(self._run(JobState(claimed)), name=f"job-{claimed['job_id']}")
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
+                task.add_done_callback(lambda _: self._wake.set())  # a free job slot: claim again now
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
