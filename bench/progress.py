@@ -740,7 +740,7 @@ def observations(report: Report) -> list[str]:
         "ProgressEvent and writes it through grpc.aio); `convert.progress_event` + serialization alone measure "
         f"{1e6 * report.conversion_s:.1f} µs, so conversion is a small part: the cost is the per-watcher "
         f"coroutine wake-up and gRPC write. Each event is sent {report.watchers:,} times; the runner writes up to "
-        f"10 events a second (PROGRESS_INTERVAL 0.1 s), {a.stats.events_per_watcher:.0f} per watcher here.",
+        f"4 events a second (PROGRESS_INTERVAL 0.25 s), {a.stats.events_per_watcher:.0f} per watcher here.",
         f"Fan-out: per distinct event ({len(firsts)} in (a)), the first watcher had it p50 "
         f"{percentile(firsts, 50):.1f} ms (max {max(firsts, default=float('nan')):.1f} ms) after the write: "
         "commit, NOTIFY, the hub's one read per event and one watcher's send are cheap. The last watcher had it "
@@ -750,13 +750,12 @@ def observations(report: Report) -> list[str]:
         f"{a.stats.all_subscribed_s:.2f} s after FindOrCreateBundle returned. (a1) opened the same number on the "
         f"finished bundle: all had their final event after {fin.stats.all_subscribed_s:.2f} s; the server "
         f"process spent {1000 * fin.observed.cpu['server process'] / max(fin.stats.watchers, 1):.2f} CPU ms per "
-        "stream (WatchProgress reads the bundle's job and the job row, and on a final event the bundle row: 3 "
-        "Postgres round trips per stream, through a pool of 10 connections).",
+        "stream (WatchProgress reads the bundle's job and the job row, and on a final event the bundle row; "
+        "concurrent identical reads are shared, core/singleflight.py).",
         f"Final fan-out: the first watcher had the final event {1000 * a.stats.first_final_s:.0f} ms after "
-        f"completion, the last {1000 * a.stats.last_final_s:.0f} ms. On the final event every watcher re-reads "
-        "the job (`jobs_get` in core/progress.py `watch`) and the bundle (`bundles.get` in server/service.py "
-        f"`WatchProgress`): {2 * a.stats.watchers:,} Postgres reads of two rows that are the same for everybody, "
-        "queued on a pool of 10 connections.",
+        f"completion, the last {1000 * a.stats.last_final_s:.0f} ms. The final job and bundle rows are read once "
+        f"and shared by all {a.stats.watchers:,} watchers (core/singleflight.py); before that change every "
+        "watcher read both, and the last final took 0.73-1.24 s.",
         what_if_sentence(nice, bundle_reps(report)),
         f"Client: the watcher process used {cores(a, 'client'):.2f} of a core in (a); its event loop was late by "
         f"p99 {lag99:.1f} ms, max {lag_max:.1f} ms (10 ms ticks), an upper bound on what it adds to a latency.",
