@@ -223,28 +223,27 @@ class Runner:
         except Exception as again:  # the lease runs out and another runner retries it
             log.error("job %s: could not record failure: %s", job_id, again)
 
-    async def _progress(self, job: JobState, done: int, stage: str = "running", force: bool = False) -> None:
-        """Record progress, at most every PROGRESS_INTERVAL unless the stage changes or it is forced.
+    async def _progress(self, job: JobState, stage: str = "running", force: bool = False) -> None:
+        """Record `job.done` (callers count units themselves, synchronously: no increment is lost), at
+        most every PROGRESS_INTERVAL unless the stage changes, the job is complete, or it is forced.
 
         Writes of one job go one at a time, in call order (the bundle writer thread schedules them).
         """
         async with job.progress_lock:
-            await self._write_progress(job, done, stage, force)
+            now = asyncio.get_running_loop().time()
+            recent = now - job.reported_at < PROGRESS_INTERVAL
+            if not force and stage == job.stage and recent and job.done < job.row["total"]:
+                return
+            job.stage, job.reported_at = stage, now
+            await self._write_progress(job)
 
-    async def _write_progress(self, job: JobState, done: int, stage: str, force: bool) -> None:
-        if done < job.done and stage == job.stage:
-            return  # never report going backwards
-        now = asyncio.get_running_loop().time()
-        if not force and stage == job.stage and now - job.reported_at < PROGRESS_INTERVAL and done < job.row["total"]:
-            job.done = done
-            return
-        job.done, job.stage, job.reported_at = done, stage, now
+    async def _write_progress(self, job: JobState) -> None:
         row = await self.jobs.progress(
             job.row["job_id"],
             self.worker_id,
-            done=done,
+            done=job.done,
             total=job.row["total"],
-            stage=stage,
+            stage=job.stage,
             new_failures=job.unreported(),
         )
         if row is None:
@@ -254,7 +253,8 @@ class Runner:
         bundle_id = uuid.UUID(job.row["payload"]["bundle_id"])
 
         async def progress(done: int, stage: str) -> None:
-            await self._progress(job, done, stage)
+            job.done = max(job.done, done)  # written from the writer thread's order; never backwards
+            await self._progress(job, stage)
 
         result = await self.builder.run(bundle_id, progress, lambda: job.lease_lost or self.stopping.is_set())
         done = await self.db.fetchone(
@@ -300,7 +300,8 @@ class Runner:
                         asset_id, payload.get("only", []), payload.get("exclude", []), payload.get("lazy", False)
                     )
                 job.failures.extend(failures)
-                await self._progress(job, job.done + 1)
+                job.done += 1  # counted here, before any await: concurrent consumers never lose one
+                await self._progress(job)
 
         # A TaskGroup: when one asset raises (storage away), its siblings are cancelled too.
         async with asyncio.TaskGroup() as group:
@@ -308,7 +309,7 @@ class Runner:
                 group.create_task(consume())
         job.complete = job.done == job.row["total"]
         if job.complete:
-            await self._progress(job, job.done, force=True)
+            await self._progress(job, force=True)
 
     async def _derive_asset(
         self, asset_id: str, only: list[str], exclude: list[str], lazy: bool

@@ -68,7 +68,8 @@ def test_racing_creates_updates_and_new_originals(stub, server: ServerProcess) -
         t.join(300)
     assert not errors, errors
     for job_id in job_ids:
-        assert wait_job(stub, job_id, timeout=300).stage == pb.STAGE_SUCCEEDED
+        job = wait_job(stub, job_id, timeout=300)
+        assert (job.stage, job.done) == (pb.STAGE_SUCCEEDED, job.total)
 
     storage = server.storage()
     settings = server.settings
