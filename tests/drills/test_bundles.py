@@ -18,8 +18,9 @@ from tests.integration.rpc import expect_error
 
 def _work(stub, n: int, maker=lambda: images.tiff(1500, 1000)) -> str:  # type: ignore[no-untyped-def]
     ids = [f"k{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
+    data = maker()  # distinct assets, the same bytes: each still needs its own page derivative
     for asset_id in ids:
-        stub.PutAsset(pb.PutAssetRequest(asset_id=asset_id, data=maker(), skip_derivatives=True))
+        stub.PutAsset(pb.PutAssetRequest(asset_id=asset_id, data=data, skip_derivatives=True))
     work_id = f"w-{uuid.uuid4().hex[:8]}"
     stub.PutWork(pb.PutWorkRequest(work_id=work_id, title="Drill work", member_asset_ids=ids))
     return work_id
@@ -37,12 +38,19 @@ def test_killed_builder_bundle_is_finished_by_another_worker(tmp_path: Path, pos
     first = ServerProcess(env, tmp_path / "first.log").start()
     with first.channel() as channel:
         stub = first.stub(channel)
-        work_id = _work(stub, 12)  # every member needs its PDF page made: a build of some seconds
+        # Every member needs its 1200 px page rendered from a 4000 px TIFF on one process: several seconds.
+        work_id = _work(stub, 40, lambda: images.tiff(4000, 3000))
         bundle = stub.FindOrCreateBundle(pb.FindOrCreateBundleRequest(work_id=work_id, kind=pb.BUNDLE_KIND_PDF))
         for event in stub.WatchProgress(pb.WatchProgressRequest(bundle_id=bundle.bundle_id), timeout=120):
-            if event.stage == pb.STAGE_RUNNING and event.done >= 2:
+            if event.stage == pb.STAGE_RUNNING and event.done >= 1:
                 break
     first.stop(signal.SIGKILL)
+    with psycopg.connect(env["DATABASE_URL"]) as conn:  # the kill must have landed mid-build, or this proves nothing
+        stage = conn.execute(
+            "SELECT j.stage FROM jobs j JOIN bundles b ON b.job_id = j.job_id WHERE b.bundle_id = %s",
+            (bundle.bundle_id,),
+        ).fetchone()
+    assert stage == ("running",), f"the first builder was not killed mid-build: {stage}"
     second = ServerProcess(env, tmp_path / "second.log").start()
     try:
         with second.channel() as channel:

@@ -14,7 +14,7 @@ from tests import images
 from tests.harness import ROOT, Postgres, ServerProcess, server_env
 from tests.integration.jobs import wait_job
 
-ASSETS = 10
+ASSETS = 24  # with one worker process: seconds of work, so a kill lands mid-job
 
 
 def _setup(server: ServerProcess) -> tuple[list[str], str]:
@@ -35,6 +35,15 @@ def _wait_started(server: ServerProcess, job_id: str) -> None:
         while stub.GetJob(pb.GetJobRequest(job_id=job_id)).done < 1:
             assert time.monotonic() < deadline, "job never started"
             time.sleep(0.02)
+
+
+def _assert_unfinished(env: dict[str, str], job_id: str) -> None:
+    """The first process must have stopped mid-job, or the drill proves nothing."""
+    import psycopg
+
+    with psycopg.connect(env["DATABASE_URL"]) as conn:
+        row = conn.execute("SELECT stage, done, total FROM jobs WHERE job_id = %s", (job_id,)).fetchone()
+    assert row is not None and row[0] != "succeeded" and row[1] < row[2], f"job not stopped mid-way: {row}"
 
 
 def _check_finished(server: ServerProcess, ids: list[str], job_id: str) -> pb.Job:
@@ -60,6 +69,7 @@ def test_killed_server_job_is_taken_over_after_the_lease(tmp_path: Path, postgre
     ids, job_id = _setup(first)
     _wait_started(first, job_id)
     first.stop(signal.SIGKILL)  # no chance to re-queue: only the lease can bring the job back
+    _assert_unfinished(env, job_id)
     second = ServerProcess(env, tmp_path / "second.log").start()
     try:
         job = _check_finished(second, ids, job_id)
@@ -81,6 +91,7 @@ def test_sigterm_puts_the_job_back_for_the_next_process(tmp_path: Path, postgres
     ids, job_id = _setup(first)
     _wait_started(first, job_id)
     assert first.stop() == 0
+    _assert_unfinished(env, job_id)
     assert "re-queued" in first.log_path.read_text()
     second = ServerProcess(env, tmp_path / "second.log").start()
     try:
