@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# We never fork with gRPC running (the pool is spawned); only pg_ctl subprocesses are started, and
+# gRPC's fork handlers would just warn about them.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import asyncio
 
 from core.config import settings_or_exit
