@@ -34,14 +34,6 @@ def check_text(value: str, field: str, violations: list[tuple[str, str]], limit:
         violations.append((field, f"at most {limit} characters"))
 
 
-def require_caller_id(value: str, field: str) -> str:
-    violations: list[tuple[str, str]] = []
-    check_caller_id(value, field, violations)
-    if violations:
-        raise InvalidArgument(violations)
-    return value
-
-
 def require_uuid(value: str, field: str) -> uuid.UUID:
     if not value:
         raise InvalidArgument.one(field, "required")
