@@ -19,6 +19,14 @@ def check_caller_id(value: str, field: str, violations: list[tuple[str, str]]) -
         violations.append((field, "must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}"))
 
 
+def check_caller_ids(values: list[str], field: str, violations: list[tuple[str, str]], most: int = 20) -> None:
+    """Each id of a list, `field[i]`; stops once `most` violations are listed (the reply stays small)."""
+    for i, value in enumerate(values):
+        check_caller_id(value, f"{field}[{i}]", violations)
+        if len(violations) >= most:
+            return
+
+
 def check_key(value: str, field: str, violations: list[tuple[str, str]]) -> None:
     if not value:
         violations.append((field, "required"))

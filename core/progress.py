@@ -20,6 +20,7 @@ import psycopg
 
 from core.database import Database, Row
 from core.errors import InvalidArgument
+from core.jobs import TERMINAL
 from core.singleflight import SingleFlight
 
 log = logging.getLogger("derivatives.progress")
@@ -70,10 +71,6 @@ class ProgressHub:
         self._dirty: set[uuid.UUID] = set()
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-
-    @property
-    def watchers(self) -> int:
-        return sum(len(s) for s in self._subs.values())
 
     def start(self) -> None:
         self._tasks = [
@@ -161,9 +158,6 @@ class ProgressHub:
         events = await self.db.fetchall("events_after", job_id=job_id, after_seq=after_seq, limit=want)
         events = [e for e in events if e["seq"] <= upto_seq]
         return events if len(events) == want else None
-
-
-TERMINAL = ("succeeded", "failed")
 
 
 class Update:

@@ -21,7 +21,7 @@ from core.database import Row
 from core.definitions import Registry
 from core.derivatives import Derivatives
 from core.errors import InvalidArgument
-from core.ids import CALLER_ID, SHA512_HEX, check_caller_id, check_key, check_text, require_uuid
+from core.ids import CALLER_ID, SHA512_HEX, check_caller_id, check_caller_ids, check_key, check_text, require_uuid
 from core.jobs import Jobs
 from core.media import Spooled, spool_async, spool_stream
 from core.progress import ProgressHub, watch
@@ -163,10 +163,7 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
             check_text(getattr(request, name), name, violations)
         if len(request.member_asset_ids) > MAX_MEMBERS:
             violations.append(("member_asset_ids", f"at most {MAX_MEMBERS} members"))
-        for i, member in enumerate(request.member_asset_ids):
-            check_caller_id(member, f"member_asset_ids[{i}]", violations)
-            if len(violations) >= 20:
-                break
+        check_caller_ids(list(request.member_asset_ids), "member_asset_ids", violations)
         if violations:
             raise InvalidArgument(violations)
         view = await self.d.works.put(
@@ -196,10 +193,7 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
             violations.append(("asset_ids", "at least one asset"))
         elif len(request.asset_ids) > MAX_ASSETS_PER_JOB:
             violations.append(("asset_ids", f"at most {MAX_ASSETS_PER_JOB} per job"))
-        for i, asset_id in enumerate(request.asset_ids):
-            check_caller_id(asset_id, f"asset_ids[{i}]", violations)
-            if len(violations) >= 20:
-                break
+        check_caller_ids(list(request.asset_ids), "asset_ids", violations)
         if violations:
             raise InvalidArgument(violations)
         self.d.registry.check_keys(list(request.only), list(request.exclude))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
+from client.client import TERMINAL
 from derivatives.v1 import derivatives_pb2 as pb
-
-TERMINAL = (pb.STAGE_SUCCEEDED, pb.STAGE_FAILED)
 
 
 def wait_job(stub, job_id: str, timeout: float = 120.0) -> pb.Job:  # type: ignore[no-untyped-def]
