@@ -16,33 +16,32 @@ import tempfile
 import time
 import uuid
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.config import Settings
 from core.database import Database, Row
+from core.definitions import Registry
 from core.errors import FailedPrecondition, NotFound
-from core.jobs import Jobs
 from core.media import Spooled, pixel_size, resolve_media_type, spool_stream
+from core.plan import derivatives_created
+from core.queue import JobQueue
+from core.records import Asset, AssetView, Derivative, DerivativesPayload, JobKind, Location
 from core.shield import to_completion
 from core.storage import ObjectStorage, check_location, delete_quietly
 
 log = logging.getLogger("derivatives.assets")
 
 
-@dataclass
-class AssetView:
-    asset: Row
-    derivatives: list[Row] = field(default_factory=list)
-
-
 class Assets:
-    def __init__(self, db: Database, storage: ObjectStorage, settings: Settings, jobs: Jobs) -> None:
+    def __init__(
+        self, db: Database, storage: ObjectStorage, settings: Settings, registry: Registry, queue: JobQueue
+    ) -> None:
         self.db = db
         self.storage = storage
         self.settings = settings
-        self.jobs = jobs
+        self.registry = registry
+        self.queue = queue
         self.tmp_dir = settings.data_path / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._sweep_tmp()
@@ -61,6 +60,7 @@ class Assets:
         return Path(name)
 
     async def spool_from_storage(self, bucket: str, key: str) -> Spooled:
+        """Copy an object the service can read into a temp file."""
         check_location(bucket, key)
         path = self.temp_path()
 
@@ -111,22 +111,22 @@ class Assets:
             bucket=bucket,
             object_key=key,
         )
-        garbage: list[tuple[str, str]] = []
+        garbage: list[Location] = []
         try:
-            row = await self._commit_original(values, skip_derivatives, garbage)
+            asset = await self._commit_original(values, skip_derivatives, garbage)
         except Exception:
             # The commit may still have happened (the error came during COMMIT): delete the
             # upload only if no row points at it; if we cannot tell, an orphan beats data loss.
             garbage = []
             referenced = await _quietly(self.db.fetchone("original_referenced", bucket=bucket, object_key=key))
             if referenced is None:
-                garbage = [(bucket, key)]
+                garbage = [Location(bucket, key)]
             raise
         finally:
             await self.delete_objects(garbage)
-        return await self.get(row["asset_id"])
+        return await self.get(asset.asset_id)
 
-    async def _commit_original(self, values: Row, skip_derivatives: bool, garbage: list[tuple[str, str]]) -> Row:
+    async def _commit_original(self, values: Row, skip_derivatives: bool, garbage: list[Location]) -> Asset:
         async with self.db.transaction() as conn:
             current = await self.db.fetchone("lock_asset", conn, asset_id=values["asset_id"])
             if current is None:
@@ -136,30 +136,38 @@ class Assets:
             if current is not None:
                 if current["sha512"] == values["sha512"] and current["content_type"] == values["content_type"]:
                     # Same bytes again: keep the stored original and its derivatives.
-                    garbage.append((values["bucket"], values["object_key"]))
-                    return current
+                    garbage.append(Location(values["bucket"], values["object_key"]))
+                    return Asset.from_row(current)
                 old = await self.db.fetchall("delete_derivatives_of_asset", conn, asset_id=values["asset_id"])
                 row = await self.db.fetchone("replace_original", conn, **values)
-                garbage.append((current["bucket"], current["object_key"]))
-                garbage.extend((d["bucket"], d["object_key"]) for d in old)
+                garbage.append(Location(current["bucket"], current["object_key"]))
+                garbage.extend(Location(d["bucket"], d["object_key"]) for d in old)
             assert row is not None
+            asset = Asset.from_row(row)
             if not skip_derivatives:  # queued in this transaction: it exists iff the new original does
-                await self.jobs.create_derivatives([row["asset_id"]], conn=conn)
-            return row
+                payload = DerivativesPayload((asset.asset_id,))
+                await self.queue.enqueue(JobKind.CREATE_DERIVATIVES, payload, 1, conn)
+            return asset
+
+    async def find(self, asset_id: str) -> Asset | None:
+        row = await self.db.fetchone("get_asset", asset_id=asset_id)
+        return Asset.from_row(row) if row is not None else None
 
     async def get(self, asset_id: str) -> AssetView:
+        """The asset, its derivatives, and whether every derivative the plan expects exists."""
         async with self.db.connection() as conn:
-            asset = await self.db.fetchone("get_asset", conn, asset_id=asset_id)
-            if asset is None:
+            row = await self.db.fetchone("get_asset", conn, asset_id=asset_id)
+            if row is None:
                 raise NotFound(f"asset {asset_id!r} not found")
-            derivatives = await self.db.fetchall("list_derivatives", conn, asset_id=asset_id)
-        return AssetView(asset, derivatives)
+            rows = await self.db.fetchall("list_derivatives", conn, asset_id=asset_id)
+        asset, derivatives = Asset.from_row(row), tuple(Derivative.from_row(r) for r in rows)
+        return AssetView(asset, derivatives, derivatives_created(self.registry, asset, (d.key for d in derivatives)))
 
     async def list_ids(self, after: str, limit: int) -> list[str]:
         return [r["asset_id"] for r in await self.db.fetchall("list_asset_ids", after=after, limit=limit)]
 
     async def delete(self, asset_id: str) -> None:
-        garbage: list[tuple[str, str]] = []
+        garbage: list[Location] = []
         async with self.db.transaction() as conn:
             asset = await self.db.fetchone("lock_asset", conn, asset_id=asset_id)
             if asset is None:
@@ -170,10 +178,13 @@ class Assets:
                 raise FailedPrecondition(f"asset {asset_id!r} is a member of work(s) {names}; remove it there first")
             old = await self.db.fetchall("delete_derivatives_of_asset", conn, asset_id=asset_id)
             await self.db.execute("delete_asset", conn, asset_id=asset_id)
-            garbage = [(asset["bucket"], asset["object_key"]), *((d["bucket"], d["object_key"]) for d in old)]
+            garbage = [
+                Location(asset["bucket"], asset["object_key"]),
+                *(Location(d["bucket"], d["object_key"]) for d in old),
+            ]
         await self.delete_objects(garbage)
 
-    async def delete_objects(self, locations: list[tuple[str, str]]) -> None:
+    async def delete_objects(self, locations: list[Location]) -> None:
         await delete_quietly(self.storage, locations)
 
 

@@ -1,71 +1,114 @@
 """Settings from environment variables, optionally seeded from a TOML file.
 
 Precedence: environment variable > TOML file (`DERIVATIVES_CONFIG`) > default.
-Each setting's environment variable is listed in README.md.
+Each setting's environment variable is listed in README.md. Each field's metadata holds its
+environment variable and its rules (bounds, pattern, choices); `load_settings` enforces them, so an
+out-of-range value stops start-up with a message naming the variable.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.ids import BUCKET_NAME, DERIVATIVE_KEY
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Metadata keys of a Settings field that state a rule (besides "env").
+RULE_KEYS = frozenset({"gt", "ge", "le", "pattern", "choices", "ignore_case", "check"})
+
+
+def _host_port(value: str) -> str | None:
+    """A gRPC listen address: non-empty host, colon, port 0-65535 (0 picks a free port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return f"must be host:port (port 0-65535), got {value!r}"
+    return None
+
 
 @dataclass(frozen=True)
 class Settings:
+    # Each field's metadata: "env" is its environment variable; the other keys are the rules
+    # `check_settings` enforces (see `RULE_KEYS`): "gt"/"ge"/"le" bounds, "pattern" (fullmatch),
+    # "choices" (with "ignore_case"), "check" (a function returning a complaint or None).
     # gRPC listen address.
-    listen: str = field(default="127.0.0.1:50051", metadata={"env": "DERIVATIVES_LISTEN"})
+    listen: str = field(default="127.0.0.1:50051", metadata={"env": "DERIVATIVES_LISTEN", "check": _host_port})
     # Postgres URL; empty starts an embedded server under data_dir/pg.
     database_url: str = field(default="", metadata={"env": "DATABASE_URL"})
     # Where embedded Postgres and filesystem storage keep their files.
     data_dir: str = field(default=".data", metadata={"env": "DERIVATIVES_DATA_DIR"})
     # Object storage backend: "file" or "s3".
-    storage: str = field(default="file", metadata={"env": "DERIVATIVES_STORAGE"})
+    storage: str = field(default="file", metadata={"env": "DERIVATIVES_STORAGE", "choices": ("file", "s3")})
     s3_endpoint: str = field(default="127.0.0.1:9000", metadata={"env": "S3_ENDPOINT"})
     s3_access_key: str = field(default="", metadata={"env": "S3_ACCESS_KEY"})
     s3_secret_key: str = field(default="", metadata={"env": "S3_SECRET_KEY"})
     s3_region: str = field(default="us-east-1", metadata={"env": "S3_REGION"})
     s3_secure: bool = field(default=False, metadata={"env": "S3_SECURE"})
-    bucket_originals: str = field(default="originals", metadata={"env": "DERIVATIVES_BUCKET_ORIGINALS"})
-    bucket_derivatives: str = field(default="derivatives", metadata={"env": "DERIVATIVES_BUCKET_DERIVATIVES"})
-    bucket_bundles: str = field(default="bundles", metadata={"env": "DERIVATIVES_BUCKET_BUNDLES"})
-    # Largest gRPC message accepted (PutAsset's inline `data`).
-    max_message_bytes: int = field(default=64 * 1024 * 1024, metadata={"env": "DERIVATIVES_MAX_MESSAGE_BYTES"})
+    bucket_originals: str = field(
+        default="originals", metadata={"env": "DERIVATIVES_BUCKET_ORIGINALS", "pattern": BUCKET_NAME}
+    )
+    bucket_derivatives: str = field(
+        default="derivatives", metadata={"env": "DERIVATIVES_BUCKET_DERIVATIVES", "pattern": BUCKET_NAME}
+    )
+    bucket_bundles: str = field(
+        default="bundles", metadata={"env": "DERIVATIVES_BUCKET_BUNDLES", "pattern": BUCKET_NAME}
+    )
+    # Largest gRPC message accepted (PutAsset's inline `data`); grpc's own limit is 2**31-1.
+    max_message_bytes: int = field(
+        default=64 * 1024 * 1024, metadata={"env": "DERIVATIVES_MAX_MESSAGE_BYTES", "ge": 1, "le": 2**31 - 1}
+    )
     # Worker processes in this process's pool (default: one per core); 0 runs no jobs here.
-    workers: int = field(default=os.cpu_count() or 1, metadata={"env": "DERIVATIVES_WORKERS"})
+    workers: int = field(default=os.cpu_count() or 1, metadata={"env": "DERIVATIVES_WORKERS", "ge": 0})
     # Largest original (width x height) a transformer will decode.
-    max_pixels: int = field(default=200_000_000, metadata={"env": "DERIVATIVES_MAX_PIXELS"})
+    max_pixels: int = field(default=200_000_000, metadata={"env": "DERIVATIVES_MAX_PIXELS", "ge": 1})
     # TOML file of derivative definitions; empty uses the built-in set.
     definitions_file: str = field(default="", metadata={"env": "DERIVATIVES_DEFINITIONS"})
-    # Presigned URL lifetime in seconds.
-    url_expiry_seconds: int = field(default=2 * 24 * 3600, metadata={"env": "DERIVATIVES_URL_EXPIRY"})
+    # Presigned URL lifetime in seconds (S3 presigns for at most 7 days).
+    url_expiry_seconds: int = field(
+        default=2 * 24 * 3600, metadata={"env": "DERIVATIVES_URL_EXPIRY", "ge": 1, "le": 7 * 24 * 3600}
+    )
     # Seconds in-flight calls get to finish on SIGTERM/SIGINT.
-    shutdown_grace_seconds: float = field(default=10.0, metadata={"env": "DERIVATIVES_SHUTDOWN_GRACE"})
+    shutdown_grace_seconds: float = field(default=10.0, metadata={"env": "DERIVATIVES_SHUTDOWN_GRACE", "ge": 0})
     # Seconds between health probes of Postgres and storage.
-    health_interval_seconds: float = field(default=2.0, metadata={"env": "DERIVATIVES_HEALTH_INTERVAL"})
+    health_interval_seconds: float = field(default=2.0, metadata={"env": "DERIVATIVES_HEALTH_INTERVAL", "gt": 0})
     # A job whose runner has not heartbeated for this long is taken over by another.
-    job_lease_seconds: float = field(default=30.0, metadata={"env": "DERIVATIVES_JOB_LEASE_SECONDS"})
+    job_lease_seconds: float = field(default=30.0, metadata={"env": "DERIVATIVES_JOB_LEASE_SECONDS", "gt": 0})
     # Seconds between WatchProgress heartbeats while a target is quiet.
-    progress_heartbeat_seconds: float = field(default=5.0, metadata={"env": "DERIVATIVES_PROGRESS_HEARTBEAT"})
+    progress_heartbeat_seconds: float = field(default=5.0, metadata={"env": "DERIVATIVES_PROGRESS_HEARTBEAT", "gt": 0})
     # Bundles: derivative a PDF page is made from, the page dpi, and what a ZIP holds for non-JPEG originals.
-    pdf_derivative_key: str = field(default="download_medium", metadata={"env": "DERIVATIVES_PDF_DERIVATIVE"})
-    pdf_dpi: float = field(default=150.0, metadata={"env": "DERIVATIVES_PDF_DPI"})
-    zip_derivative_key: str = field(default="download_full", metadata={"env": "DERIVATIVES_ZIP_DERIVATIVE"})
+    pdf_derivative_key: str = field(
+        default="download_medium", metadata={"env": "DERIVATIVES_PDF_DERIVATIVE", "pattern": DERIVATIVE_KEY}
+    )
+    # Two distinct resolutions: pdf_dpi is the page size of bundle PDFs (pixels at this dpi);
+    # pdf_render_dpi is how PDF *originals* are rasterized (full-size and the scale of PDF-page derivatives).
+    pdf_dpi: float = field(default=150.0, metadata={"env": "DERIVATIVES_PDF_DPI", "gt": 0, "le": 2400})
+    pdf_render_dpi: float = field(default=150.0, metadata={"env": "DERIVATIVES_PDF_RENDER_DPI", "gt": 0, "le": 1200})
+    zip_derivative_key: str = field(
+        default="download_full", metadata={"env": "DERIVATIVES_ZIP_DERIVATIVE", "pattern": DERIVATIVE_KEY}
+    )
     # Institution named in bundles' about.txt, ZIP comment and PDF metadata.
     institution: str = field(default="", metadata={"env": "DERIVATIVES_INSTITUTION"})
     # Bundles not requested or read for this long are deleted by the reaper.
-    bundle_idle_seconds: float = field(default=20 * 24 * 3600.0, metadata={"env": "DERIVATIVES_BUNDLE_IDLE_SECONDS"})
+    bundle_idle_seconds: float = field(
+        default=20 * 24 * 3600.0, metadata={"env": "DERIVATIVES_BUNDLE_IDLE_SECONDS", "gt": 0}
+    )
     # Total size of finished bundles to keep (least recently used go first); 0 = no budget.
-    bundle_cache_bytes: int = field(default=0, metadata={"env": "DERIVATIVES_BUNDLE_CACHE_BYTES"})
-    bundle_reap_interval_seconds: float = field(default=600.0, metadata={"env": "DERIVATIVES_BUNDLE_REAP_INTERVAL"})
+    bundle_cache_bytes: int = field(default=0, metadata={"env": "DERIVATIVES_BUNDLE_CACHE_BYTES", "ge": 0})
+    bundle_reap_interval_seconds: float = field(
+        default=600.0, metadata={"env": "DERIVATIVES_BUNDLE_REAP_INTERVAL", "gt": 0}
+    )
     # A failed bundle is rebuilt on request once its error is this old.
-    bundle_error_retry_seconds: float = field(default=60.0, metadata={"env": "DERIVATIVES_BUNDLE_ERROR_RETRY"})
+    bundle_error_retry_seconds: float = field(default=60.0, metadata={"env": "DERIVATIVES_BUNDLE_ERROR_RETRY", "ge": 0})
     # Postgres connection pool size.
-    db_pool_size: int = field(default=10, metadata={"env": "DERIVATIVES_DB_POOL_SIZE"})
-    log_level: str = field(default="INFO", metadata={"env": "DERIVATIVES_LOG_LEVEL"})
+    db_pool_size: int = field(default=10, metadata={"env": "DERIVATIVES_DB_POOL_SIZE", "ge": 1})
+    log_level: str = field(
+        default="INFO", metadata={"env": "DERIVATIVES_LOG_LEVEL", "choices": LOG_LEVELS, "ignore_case": True}
+    )
 
     @property
     def data_path(self) -> Path:
@@ -101,6 +144,43 @@ def _coerce(raw: Any, typ: Any, name: str) -> Any:
         raise ValueError(f"{name}: expected {kind.__name__}, got {raw!r}") from None
 
 
+def _bounds(meta: Any) -> str:
+    parts = [f"{op} {meta[key]}" for key, op in (("gt", ">"), ("ge", ">="), ("le", "<=")) if key in meta]
+    return " and ".join(parts)
+
+
+def _complaint(value: Any, meta: Any) -> str | None:
+    """What is wrong with one setting's value under its field's rules, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    too_low = ("gt" in meta and not value > meta["gt"]) or ("ge" in meta and not value >= meta["ge"])
+    if too_low or ("le" in meta and not value <= meta["le"]):
+        return f"must be {_bounds(meta)}, got {value}"
+    if "pattern" in meta and not meta["pattern"].fullmatch(value):
+        return f"must match {meta['pattern'].pattern}, got {value!r}"
+    if "choices" in meta:
+        candidate = value.upper() if meta.get("ignore_case") else value
+        if candidate not in meta["choices"]:
+            allowed = ", ".join(repr(c) for c in meta["choices"])
+            case = " (any case)" if meta.get("ignore_case") else ""
+            return f"expected one of {allowed}{case}, got {value!r}"
+    if "check" in meta:
+        result: str | None = meta["check"](value)
+        return result
+    return None
+
+
+def check_settings(settings: Settings) -> None:
+    """Raise ValueError naming each out-of-range setting's environment variable and its allowed range."""
+    problems = []
+    for f in dataclasses.fields(settings):
+        complaint = _complaint(getattr(settings, f.name), f.metadata)
+        if complaint:
+            problems.append(f"{f.metadata['env']}: {complaint}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Build Settings from `env` (default: os.environ) and the optional TOML file."""
     env = dict(os.environ if env is None else env)
@@ -123,8 +203,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         if f.name in values
     }
     settings = Settings(**coerced)
-    if settings.storage not in ("file", "s3"):
-        raise ValueError(f"DERIVATIVES_STORAGE: expected 'file' or 's3', got {settings.storage!r}")
+    check_settings(settings)
     return settings
 
 

@@ -15,10 +15,10 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from core.errors import Unavailable
+from core.records import Row
 
 log = logging.getLogger("derivatives.database")
 
-Row = dict[str, Any]
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 # Serializes migration runs of several processes starting at once.
 _MIGRATION_LOCK = 7_263_511
@@ -69,6 +69,9 @@ class EmbeddedPostgres:
 def is_unavailable(exc: BaseException) -> bool:
     """True when `exc` means Postgres could not be reached (not a bad query)."""
     return isinstance(exc, PoolTimeout | psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled)
+
+
+Conn = psycopg.AsyncConnection[Row]
 
 
 class Database:

@@ -7,7 +7,6 @@ key, the most specific content-type match wins: `image/tiff` > `image` > none.
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InvalidArgument
-from core.ids import DERIVATIVE_KEY
+from core.ids import BUCKET_NAME, DERIVATIVE_KEY
 
 # Built-in transformers (worker/imaging.py); "none" deliberately makes no derivative.
 BUILTIN_TRANSFORMERS = ("jpeg", "pdf_page_jpeg", "none")
@@ -47,28 +46,6 @@ class Definition:
             return 1
         return None
 
-    def applies_to_width(self, width: int) -> bool:
-        """False when a raster original is too narrow for this size (we never upscale).
-
-        PDF pages are vector: they render at any width, so the rule is for `jpeg` only.
-        """
-        if self.transformer != "jpeg":
-            return True
-        return self.max_width == 0 or width == 0 or width > self.max_width
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "transformer": self.transformer,
-            "content_types": list(self.content_types),
-            "default_create": self.default_create,
-            "bucket": self.bucket,
-            "max_width": self.max_width,
-            "thumbnail_mode": self.thumbnail_mode,
-            "quality": self.quality,
-            "options": dict(self.options),
-        }
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Definition:
         values = dict(data)
@@ -80,12 +57,11 @@ class Definition:
 class Registry:
     def __init__(self, definitions: list[Definition] | None = None) -> None:
         self.definitions: list[Definition] = []
-        self.custom_transformers: set[str] = set()
         for definition in definitions or []:
             self.register(definition)
 
     def register(self, definition: Definition) -> None:
-        problems = validate(definition, set(BUILTIN_TRANSFORMERS) | self.custom_transformers)
+        problems = validate(definition, set(BUILTIN_TRANSFORMERS))
         if problems:
             raise ValueError(f"definition {definition.key!r}: " + "; ".join(problems))
         self.definitions.append(definition)
@@ -118,16 +94,6 @@ class Registry:
         if violations:
             raise InvalidArgument(violations)
 
-    def plan(self, content_type: str, width: int, only: list[str], exclude: list[str]) -> list[Definition]:
-        """What to make for one original: resolved definitions, without "none" and too-wide sizes."""
-        keys = only or self.default_keys()
-        out = []
-        for key in sorted(set(keys) - set(exclude)):
-            definition = self.resolve(key, content_type)
-            if definition and definition.transformer != "none" and definition.applies_to_width(width):
-                out.append(definition)
-        return out
-
     def buckets(self) -> tuple[str, ...]:
         """Buckets definitions name beyond the default one (created at start-up)."""
         return tuple(sorted({d.bucket for d in self.definitions if d.bucket}))
@@ -146,7 +112,7 @@ def validate(definition: Definition, transformers: set[str]) -> list[str]:
         problems.append("max_width must be >= 0")
     if not 1 <= definition.quality <= 100:
         problems.append("quality must be 1-100")
-    if definition.bucket and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", definition.bucket):
+    if definition.bucket and not BUCKET_NAME.fullmatch(definition.bucket):
         problems.append("bucket must be a valid bucket name")
     return problems
 

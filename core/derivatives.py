@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from psycopg.types.json import Jsonb
 
-from core.database import Database, Row
+from core.database import Database
 from core.errors import FailedPrecondition, NotFound
 from core.media import EXTENSIONS, Spooled, pixel_size, resolve_media_type
+from core.queue import JobQueue
+from core.records import Asset, AssetFailure, Derivative, DerivativesPayload, Job, JobKind, Location
 from core.shield import to_completion
 from core.storage import ObjectStorage, delete_quietly
 
@@ -31,14 +33,21 @@ class Made:
     """A derivative already uploaded to storage, waiting to be attached."""
 
     key: str
-    bucket: str
-    object_key: str
+    location: Location
     content_type: str
     size_bytes: int
     width: int
     height: int
     sha512: str
-    metadata: dict[str, Any]
+    metadata: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A derivative that could not be made, and why (one line)."""
+
+    key: str
+    reason: str
 
 
 def object_key(asset_id: str, key: str, extension: str) -> str:
@@ -46,27 +55,47 @@ def object_key(asset_id: str, key: str, extension: str) -> str:
 
 
 class Derivatives:
-    def __init__(self, db: Database, storage: ObjectStorage, bucket: str) -> None:
+    def __init__(self, db: Database, storage: ObjectStorage, queue: JobQueue, bucket: str) -> None:
         self.db = db
         self.storage = storage
+        self.queue = queue
         self.bucket = bucket
 
-    async def attach(self, asset_id: str, original_sha512: str, made: list[Made]) -> list[Row] | None:
+    async def request(
+        self, asset_ids: Iterable[str], only: Iterable[str] = (), exclude: Iterable[str] = (), lazy: bool = False
+    ) -> Job:
+        """Queue derivative creation for assets that must exist (NOT_FOUND lists those that do not)."""
+        unique = list(dict.fromkeys(asset_ids))
+        found = {r["asset_id"] for r in await self.db.fetchall("existing_asset_ids", asset_ids=unique)}
+        missing = [a for a in unique if a not in found]
+        if missing:
+            raise NotFound(f"asset(s) not found: {', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}")
+        payload = DerivativesPayload(tuple(unique), tuple(only), tuple(exclude), lazy)
+        return await self.queue.enqueue(JobKind.CREATE_DERIVATIVES, payload, len(unique))
+
+    async def of_asset(self, asset_id: str) -> list[Derivative]:
+        return [Derivative.from_row(r) for r in await self.db.fetchall("list_derivatives", asset_id=asset_id)]
+
+    async def get(self, asset_id: str, key: str) -> Derivative | None:
+        row = await self.db.fetchone("get_derivative", asset_id=asset_id, key=key)
+        return Derivative.from_row(row) if row is not None else None
+
+    async def attach(self, asset_id: str, original_sha512: str, made: list[Made]) -> list[Derivative] | None:
         """Attach `made` if the asset's original is still `original_sha512`.
 
-        Returns the attached rows, or None when the asset is gone or its original
+        Returns the attached derivatives, or None when the asset is gone or its original
         changed (the uploads are deleted then). Runs to completion even if the caller is cancelled.
         """
         return await to_completion(self._attach(asset_id, original_sha512, made))
 
-    async def _attach(self, asset_id: str, original_sha512: str, made: list[Made]) -> list[Row] | None:
-        garbage: list[tuple[str, str]] = []
-        attached: list[Row] = []
+    async def _attach(self, asset_id: str, original_sha512: str, made: list[Made]) -> list[Derivative] | None:
+        garbage: list[Location] = []
+        attached: list[Derivative] = []
         try:
             async with self.db.transaction() as conn:
                 asset = await self.db.fetchone("lock_asset", conn, asset_id=asset_id)
                 if asset is None or asset["sha512"] != original_sha512:
-                    garbage = [(m.bucket, m.object_key) for m in made]
+                    garbage = [m.location for m in made]
                     return None
                 for m in made:
                     row = await self.db.fetchone(
@@ -80,14 +109,15 @@ class Derivatives:
                         height=m.height,
                         sha512=m.sha512,
                         original_sha512=original_sha512,
-                        bucket=m.bucket,
-                        object_key=m.object_key,
+                        bucket=m.location.bucket,
+                        object_key=m.location.key,
                         metadata=Jsonb(m.metadata),
                     )
                     assert row is not None
-                    if row["old_object_key"] and (row["old_bucket"], row["old_object_key"]) != (m.bucket, m.object_key):
-                        garbage.append((row["old_bucket"], row["old_object_key"]))
-                    attached.append(row)
+                    old = Location(row["old_bucket"], row["old_object_key"]) if row["old_object_key"] else None
+                    if old is not None and old != m.location:
+                        garbage.append(old)
+                    attached.append(Derivative.from_row(row))
         except Exception:
             garbage = await self._unreferenced(asset_id, made)  # the COMMIT itself may have gone through
             raise
@@ -95,16 +125,16 @@ class Derivatives:
             await self.delete_objects(garbage)
         return attached
 
-    async def _unreferenced(self, asset_id: str, made: list[Made]) -> list[tuple[str, str]]:
+    async def _unreferenced(self, asset_id: str, made: list[Made]) -> list[Location]:
         """Uploads no row points at; none when that cannot be read (an orphan beats data loss)."""
         try:
             rows = await self.db.fetchall(
-                "derivative_keys_referenced", asset_id=asset_id, object_keys=[m.object_key for m in made]
+                "derivative_keys_referenced", asset_id=asset_id, object_keys=[m.location.key for m in made]
             )
         except Exception:
             return []
         referenced = {r["object_key"] for r in rows}
-        return [(m.bucket, m.object_key) for m in made if m.object_key not in referenced]
+        return [m.location for m in made if m.location.key not in referenced]
 
     async def update(
         self,
@@ -112,9 +142,9 @@ class Derivatives:
         key: str,
         declared_type: str,
         spooled: Spooled,
-        metadata: dict[str, Any],
+        metadata: dict[str, str],
         expected_original_sha512: str = "",
-    ) -> Row:
+    ) -> Derivative:
         """UpdateDerivative: store bytes made elsewhere as `key` (consumes the temp file).
 
         Upload and attach are one unit, run to completion even if the caller is cancelled.
@@ -129,16 +159,15 @@ class Derivatives:
         key: str,
         declared_type: str,
         spooled: Spooled,
-        metadata: dict[str, Any],
+        metadata: dict[str, str],
         expected_original_sha512: str,
-    ) -> Row:
+    ) -> Derivative:
         try:
-            media_type = resolve_media_type(declared_type, spooled.head, field="header.content_type")
+            media_type = resolve_media_type(declared_type, spooled.head)
             width, height = await asyncio.to_thread(pixel_size, spooled.path, media_type)
             made = Made(
                 key=key,
-                bucket=self.bucket,
-                object_key=object_key(asset_id, key, EXTENSIONS.get(media_type, "bin")),
+                location=Location(self.bucket, object_key(asset_id, key, EXTENSIONS.get(media_type, "bin"))),
                 content_type=media_type,
                 size_bytes=spooled.size,
                 width=width,
@@ -147,30 +176,36 @@ class Derivatives:
                 metadata=metadata,
             )
             await asyncio.to_thread(
-                self.storage.put_file, made.bucket, made.object_key, spooled.path, content_type=media_type
+                self.storage.put_file, made.location.bucket, made.location.key, spooled.path, content_type=media_type
             )
         finally:
             spooled.path.unlink(missing_ok=True)
-        return await self.attach_one(asset_id, expected_original_sha512, made)
+        return await self._attach_one(asset_id, expected_original_sha512, made)
 
-    async def attach_one(self, asset_id: str, expected_original_sha512: str, made: Made) -> Row:
-        """UpdateDerivative: attach one upload, against the current original unless one is expected."""
+    async def _attach_one(self, asset_id: str, expected_original_sha512: str, made: Made) -> Derivative:
+        """Attach one upload, against the current original unless one is expected."""
         asset = await self.db.fetchone("get_asset", asset_id=asset_id)
         if asset is None:
-            await self.delete_objects([(made.bucket, made.object_key)])
+            await self.delete_objects([made.location])
             raise NotFound(f"asset {asset_id!r} not found")
         sha = expected_original_sha512 or asset["sha512"]
-        rows = await self.attach(asset_id, sha, [made])
-        if rows is None:
+        attached = await self.attach(asset_id, sha, [made])
+        if attached is None:
             raise FailedPrecondition(
                 f"asset {asset_id!r} original is no longer {sha[:16]}…; the derivative was not attached"
             )
-        return rows[0]
+        return attached[0]
 
-    async def record_failure(self, asset_id: str, original_sha512: str, key: str, reason: str) -> None:
-        await self.db.execute(
-            "set_derivative_failure", asset_id=asset_id, original_sha512=original_sha512, key=key, reason=reason
-        )
+    async def record_failures(self, asset: Asset, failures: Iterable[AssetFailure]) -> None:
+        """Remember why keys of the current original could not be made (GetAsset lists them)."""
+        for failure in failures:
+            await self.db.execute(
+                "set_derivative_failure",
+                asset_id=asset.asset_id,
+                original_sha512=asset.sha512,
+                key=failure.key,
+                reason=failure.reason,
+            )
 
     async def remove(self, asset_id: str, key: str) -> None:
         async with self.db.transaction() as conn:
@@ -179,7 +214,7 @@ class Derivatives:
             row = await self.db.fetchone("delete_derivative", conn, asset_id=asset_id, key=key)
             if row is None:
                 raise NotFound(f"asset {asset_id!r} has no derivative {key!r}")
-        await self.delete_objects([(row["bucket"], row["object_key"])])
+        await self.delete_objects([Location(row["bucket"], row["object_key"])])
 
-    async def delete_objects(self, locations: list[tuple[str, str]]) -> None:
+    async def delete_objects(self, locations: Iterable[Location]) -> None:
         await delete_quietly(self.storage, locations)

@@ -10,6 +10,8 @@ from core.errors import InvalidArgument
 CALLER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DERIVATIVE_KEY = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
 SHA512_HEX = re.compile(r"[0-9a-f]{128}")
+# S3 bucket names (also what the filesystem backend accepts); core.config checks configured buckets with it.
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 def check_caller_id(value: str, field: str, violations: list[tuple[str, str]]) -> None:

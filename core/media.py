@@ -108,7 +108,7 @@ class Spooler:
     def write(self, chunk: bytes) -> None:
         self._size += len(chunk)
         if self.max_bytes is not None and self._size > self.max_bytes:
-            raise InvalidArgument.one("chunk", f"upload exceeds the limit of {self.max_bytes} bytes")
+            raise InvalidArgument.one("data", f"upload exceeds the limit of {self.max_bytes} bytes")
         if len(self._head) < 64:
             self._head += chunk[: 64 - len(self._head)]
         self._hash.update(chunk)
@@ -176,8 +176,9 @@ def pixel_size(path: Path, media_type: str) -> tuple[int, int]:
         return (0, 0)
 
 
-def resolve_media_type(declared: str, head: bytes, field: str = "content_type") -> str:
-    """The asset's media type: the sniffed one, which a declaration must not contradict."""
+def resolve_media_type(declared: str, head: bytes) -> str:
+    """The asset's media type: the sniffed one, which a declaration (`content_type`) must not contradict."""
+    field = "content_type"
     normalized = normalize_media_type(declared) if declared else ""
     if normalized and not MEDIA_TYPE.fullmatch(normalized):
         raise InvalidArgument.one(field, f"{declared!r} is not a media type (type/subtype)")

@@ -14,19 +14,19 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import psycopg
 
-from core.database import Database, Row
+from core.database import Database
 from core.errors import InvalidArgument
-from core.jobs import TERMINAL
+from core.queue import PROGRESS_CHANNEL, JobQueue
+from core.records import Job, ProgressEvent
 from core.singleflight import SingleFlight
 
 log = logging.getLogger("derivatives.progress")
-_JobGetter = Callable[[uuid.UUID], Awaitable[Row]]
 
-CHANNEL = "derivatives_progress"
 BUFFER = 256
 READ_LIMIT = 1000
 
@@ -37,15 +37,15 @@ class Subscription:
     def __init__(self, job_id: uuid.UUID, last_seq: int) -> None:
         self.job_id = job_id
         self.last_seq = last_seq  # highest seq handed to this watcher
-        self.events: deque[Row] = deque()
+        self.events: deque[ProgressEvent] = deque()
         self.resync = False
         self.wake = asyncio.Event()
 
-    def push(self, events: list[Row]) -> None:
-        fresh = [e for e in events if e["seq"] > self.last_seq]
+    def push(self, events: list[ProgressEvent]) -> None:
+        fresh = [e for e in events if e.seq > self.last_seq]
         if not fresh:
             return
-        self.last_seq = fresh[-1]["seq"]
+        self.last_seq = fresh[-1].seq
         if len(self.events) + len(fresh) > BUFFER:
             self.events.clear()  # fallen behind: drop the backlog, send the latest state instead
             self.resync = True
@@ -53,7 +53,7 @@ class Subscription:
             self.events.extend(fresh)
         self.wake.set()
 
-    def take(self) -> tuple[list[Row], bool]:
+    def take(self) -> tuple[list[ProgressEvent], bool]:
         events, resync = list(self.events), self.resync
         self.events.clear()
         self.resync = False
@@ -62,10 +62,13 @@ class Subscription:
 
 
 class ProgressHub:
-    def __init__(self, db: Database, get_job: _JobGetter, reread_seconds: float = 2.0) -> None:
+    """A process's fan-out of job progress to its watchers (see the module docstring)."""
+
+    def __init__(self, db: Database, queue: JobQueue, heartbeat_seconds: float, reread_seconds: float = 2.0) -> None:
         self.db = db
-        self._get_job = get_job
-        self._reads: SingleFlight[Row] = SingleFlight()
+        self.queue = queue
+        self.heartbeat_seconds = heartbeat_seconds
+        self._reads: SingleFlight[Job] = SingleFlight()
         self.reread_seconds = reread_seconds
         self._subs: dict[uuid.UUID, set[Subscription]] = {}
         self._dirty: set[uuid.UUID] = set()
@@ -84,16 +87,17 @@ class ProgressHub:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def job(self, job_id: uuid.UUID, at_least_seq: int = 0) -> Row:
-        """The job's row, read once for all watchers that need it at least this fresh."""
-        return await self._reads.do((job_id, at_least_seq), lambda: self._get_job(job_id))
+    async def job(self, job_id: uuid.UUID, at_least_seq: int = 0) -> Job:
+        """The job, read once for all watchers that need it at least this fresh."""
+        return await self._reads.do((job_id, at_least_seq), lambda: self.queue.get(job_id))
 
-    def subscribe(self, job_id: uuid.UUID, last_seq: int) -> Subscription:
+    def _subscribe(self, job_id: uuid.UUID, last_seq: int) -> Subscription:
         sub = Subscription(job_id, last_seq)
         self._subs.setdefault(job_id, set()).add(sub)
+        self._mark(job_id)  # deliver anything written between the caller's read and now
         return sub
 
-    def unsubscribe(self, sub: Subscription) -> None:
+    def _unsubscribe(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.job_id)
         if subs is not None:
             subs.discard(sub)
@@ -110,7 +114,7 @@ class ProgressHub:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self.db.url, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute(f"LISTEN {PROGRESS_CHANNEL}")
                     for job_id in list(self._subs):  # catch up on anything missed while disconnected
                         self._mark(job_id)
                     async for note in conn.notifies():
@@ -143,76 +147,81 @@ class ProgressHub:
             return
         after = min(s.last_seq for s in subs)
         while True:
-            events = await self.db.fetchall("events_after", job_id=job_id, after_seq=after, limit=READ_LIMIT)
+            events = await self._events_after(job_id, after, READ_LIMIT)
             for sub in list(self._subs.get(job_id, ())):
                 sub.push(events)
             if len(events) < READ_LIMIT:
                 return
-            after = events[-1]["seq"]
+            after = events[-1].seq
 
-    async def replay(self, job_id: uuid.UUID, after_seq: int, upto_seq: int) -> list[Row] | None:
+    async def _events_after(self, job_id: uuid.UUID, after_seq: int, limit: int) -> list[ProgressEvent]:
+        rows = await self.db.fetchall("events_after", job_id=job_id, after_seq=after_seq, limit=limit)
+        return [ProgressEvent.from_row(r) for r in rows]
+
+    async def _replay(self, job_id: uuid.UUID, after_seq: int, upto_seq: int) -> list[ProgressEvent] | None:
         """Events (after_seq, upto_seq], or None when some were pruned (the caller sends a snapshot)."""
         want = upto_seq - after_seq
         if want <= 0 or want > BUFFER:
             return None
-        events = await self.db.fetchall("events_after", job_id=job_id, after_seq=after_seq, limit=want)
-        events = [e for e in events if e["seq"] <= upto_seq]
+        events = [e for e in await self._events_after(job_id, after_seq, want) if e.seq <= upto_seq]
         return events if len(events) == want else None
 
+    async def watch(self, job_id: uuid.UUID, after_seq: int = 0) -> AsyncIterator[Update]:
+        """A job's progress: first its state (or the events missed since `after_seq`), then each
+        change, heartbeats while quiet, and a final update carrying the whole job."""
+        # A shared read may predate our request: harmless, events after its seq come from the table.
+        job = await self.job(job_id)
+        if after_seq > job.seq:
+            raise InvalidArgument.one("after_seq", f"is past the target's current seq {job.seq}")
+        sub = self._subscribe(job_id, job.seq)
+        try:
+            missed = await self._replay(job_id, after_seq, job.seq) if 0 < after_seq < job.seq else None
+            if job.stage.terminal:
+                yield Update(ProgressEvent.of_job(job), snapshot=True, job=job)
+                return
+            if missed:
+                for i, event in enumerate(missed):
+                    yield Update(event, snapshot=i == 0)
+            else:
+                yield Update(ProgressEvent.of_job(job), snapshot=True)
+            last = ProgressEvent.of_job(job)
+            while True:
+                try:
+                    await asyncio.wait_for(sub.wake.wait(), self.heartbeat_seconds)
+                except TimeoutError:
+                    yield Update(last, heartbeat=True)
+                    continue
+                events, resync = sub.take()
+                if resync:
+                    job = await self.job(job_id, sub.last_seq)
+                    sub.last_seq = max(sub.last_seq, job.seq)
+                    last = ProgressEvent.of_job(job)
+                    yield Update(last, snapshot=True, job=job if job.stage.terminal else None)
+                    if job.stage.terminal:
+                        return
+                    continue
+                for event in events:
+                    if event.stage.terminal:
+                        # Keyed by this event's seq: the shared read starts after the final write committed.
+                        job = await self.job(job_id, event.seq)
+                        yield Update(ProgressEvent.of_job(job), job=job)
+                        return
+                    last = event
+                    yield Update(event)
+        finally:
+            self._unsubscribe(sub)
 
+
+@dataclass(frozen=True)
 class Update:
-    """One event for a watcher: a job's state (a progress event row or a job row)."""
+    """One event for a watcher: a job's state, and on the final one the whole job."""
 
-    __slots__ = ("final", "heartbeat", "row", "snapshot")
+    event: ProgressEvent
+    snapshot: bool = False
+    heartbeat: bool = False
+    # Set on the final update only (the job reached a terminal stage).
+    job: Job | None = None
 
-    def __init__(self, row: Row, *, snapshot: bool = False, heartbeat: bool = False, final: bool = False) -> None:
-        self.row = row
-        self.snapshot = snapshot
-        self.heartbeat = heartbeat
-        self.final = final
-
-
-async def watch(hub: ProgressHub, job_id: uuid.UUID, after_seq: int, heartbeat_seconds: float) -> AsyncIterator[Update]:
-    """A job's progress: first its state (or the events missed since `after_seq`), then each
-    change, heartbeats while quiet, and a final update carrying the whole job."""
-    # A shared read may predate our request: harmless, events after its seq come from the table.
-    row = await hub.job(job_id)
-    if after_seq > row["seq"]:
-        raise InvalidArgument.one("after_seq", f"is past the target's current seq {row['seq']}")
-    sub = hub.subscribe(job_id, row["seq"])
-    try:
-        hub._mark(job_id)  # deliver anything written between our read and the subscription
-        missed = await hub.replay(job_id, after_seq, row["seq"]) if 0 < after_seq < row["seq"] else None
-        if row["stage"] in TERMINAL:
-            yield Update(row, snapshot=True, final=True)
-            return
-        if missed:
-            for i, event in enumerate(missed):
-                yield Update(event, snapshot=i == 0)
-        else:
-            yield Update(row, snapshot=True)
-        last = row
-        while True:
-            try:
-                await asyncio.wait_for(sub.wake.wait(), heartbeat_seconds)
-            except TimeoutError:
-                yield Update(last, heartbeat=True)
-                continue
-            events, resync = sub.take()
-            if resync:
-                last = await hub.job(job_id, sub.last_seq)
-                sub.last_seq = max(sub.last_seq, last["seq"])
-                if last["stage"] in TERMINAL:
-                    yield Update(last, snapshot=True, final=True)
-                    return
-                yield Update(last, snapshot=True)
-                continue
-            for event in events:
-                if event["stage"] in TERMINAL:
-                    # Keyed by this event's seq: the shared read starts after the final write committed.
-                    yield Update(await hub.job(job_id, event["seq"]), final=True)
-                    return
-                last = event
-                yield Update(event)
-    finally:
-        hub.unsubscribe(sub)
+    @property
+    def final(self) -> bool:
+        return self.job is not None

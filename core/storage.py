@@ -7,14 +7,15 @@ memory.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import io
 import logging
 import os
-import re
 import shutil
+import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,11 @@ from urllib.parse import quote
 
 from core.config import Settings
 from core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from core.ids import BUCKET_NAME
+from core.records import Location
 
 log = logging.getLogger("derivatives.storage")
 
-BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 PART_SIZE = 16 * 1024 * 1024
 CHUNK = 1024 * 1024
 
@@ -46,7 +48,7 @@ class ObjectInfo:
     size: int
 
 
-def check_location(bucket: str, key: str, prefix: str = "storage_ref") -> None:
+def check_location(bucket: str, key: str, prefix: str = "location") -> None:
     """Reject names that are not valid buckets or that could escape a filesystem root."""
     violations = []
     if not BUCKET_NAME.fullmatch(bucket or ""):
@@ -106,7 +108,10 @@ class ObjectStorage(Protocol):
     def put(self, bucket: str, key: str, stream: BinaryIO, *, length: int = -1, content_type: str = "") -> None: ...
     def put_file(self, bucket: str, key: str, path: Path, *, content_type: str = "") -> None: ...
     @contextmanager
-    def open(self, bucket: str, key: str) -> Iterator[BinaryIO]: ...
+    def open(self, bucket: str, key: str, *, offset: int = 0) -> Iterator[BinaryIO]:
+        """The object's bytes from `offset` on; an offset at or past the end gives an empty stream."""
+        ...
+
     def download(self, bucket: str, key: str, path: Path) -> None: ...
     def stat(self, bucket: str, key: str) -> ObjectInfo | None: ...
     def delete(self, bucket: str, key: str) -> None: ...
@@ -157,12 +162,15 @@ class FileStorage:
             self.put(bucket, key, fh, content_type=content_type)
 
     @contextmanager
-    def open(self, bucket: str, key: str) -> Iterator[BinaryIO]:
+    def open(self, bucket: str, key: str, *, offset: int = 0) -> Iterator[BinaryIO]:
+        _check_offset(offset)
         try:
             fh = open(self._path(bucket, key), "rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectMissing(f"object {bucket}/{key} not found") from None
         with fh:
+            if offset:
+                fh.seek(offset)  # past the end is fine: reads then return b""
             yield fh
 
     def download(self, bucket: str, key: str, path: Path) -> None:
@@ -282,10 +290,31 @@ class S3Storage:
             self.put(bucket, key, fh, length=os.fstat(fh.fileno()).st_size, content_type=content_type)
 
     @contextmanager
-    def open(self, bucket: str, key: str) -> Iterator[BinaryIO]:
+    def open(self, bucket: str, key: str, *, offset: int = 0) -> Iterator[BinaryIO]:
+        from minio.error import S3Error
+
         check_location(bucket, key)
+        _check_offset(offset)
         with self._errors(bucket, key):
-            response = self.client.get_object(bucket, key)
+            try:
+                # A nonzero offset is a ranged GET (`Range: bytes=offset-`): only the tail crosses the network.
+                response = self.client.get_object(bucket, key, offset=offset)
+            except S3Error as exc:
+                # S3 answers 416 InvalidRange for a range starting at (or past) the object's size.
+                if not (offset and exc.code == "InvalidRange"):
+                    raise
+                response = None
+        if response is None:
+            yield io.BytesIO(b"")
+            return
+        if offset and response.status != 206:
+            # An endpoint that ignored the Range header sent the whole object: its bytes would be
+            # mislabelled as starting at `offset`.
+            response.close()
+            response.release_conn()
+            raise StorageUnavailable(
+                f"object storage ignored the range request for {bucket}/{key} (HTTP {response.status})"
+            )
         try:
             # Reading happens in the caller: a dropped connection mid-body is an outage too.
             with self._errors(bucket, key):
@@ -344,44 +373,55 @@ class S3Storage:
             self.client.set_bucket_lifecycle(bucket, LifecycleConfig([rule]))
 
 
-async def delete_quietly(storage: ObjectStorage, locations: list[tuple[str, str]]) -> None:
-    """Best effort after commit: no row points at these objects any more."""
-    import asyncio
+def _check_offset(offset: int) -> None:
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, not {offset}")
 
-    for bucket, key in locations:
+
+async def delete_quietly(storage: ObjectStorage, locations: Iterable[Location]) -> None:
+    """Best effort after commit: no row points at these objects any more."""
+    for loc in locations:
         try:
-            await asyncio.to_thread(storage.delete, bucket, key)
+            await asyncio.to_thread(storage.delete, loc.bucket, loc.key)
         except Exception as exc:
-            log.warning("could not delete %s/%s (left orphaned): %s", bucket, key, exc)
+            log.warning("could not delete %s/%s (left orphaned): %s", loc.bucket, loc.key, exc)
+
+
+def iter_object(
+    storage: ObjectStorage, bucket: str, key: str, offset: int = 0, size: int = CHUNK
+) -> Generator[tuple[int, bytes], None, None]:
+    """(offset, chunk) pairs of an object from `offset`; closing the generator closes the object."""
+    with storage.open(bucket, key, offset=offset) as fh:
+        while block := fh.read(size):
+            yield offset, block
+            offset += len(block)
 
 
 async def read_object(
     storage: ObjectStorage, bucket: str, key: str, offset: int = 0, size: int = CHUNK
 ) -> AsyncIterator[tuple[int, bytes]]:
-    """(offset, chunk) pairs of an object from `offset`, read in a thread one chunk at a time."""
-    import asyncio
+    """(offset, chunk) pairs of an object from `offset`, read in a thread one chunk at a time.
 
-    opened = storage.open(bucket, key)
-    fh = await asyncio.to_thread(opened.__enter__)  # on S3 this is a request: not on the event loop
+    Opening, each read and closing are blocking (on S3, HTTP requests): none runs on the event loop.
+    """
+    chunks = iter_object(storage, bucket, key, offset, size)
+    # A cancelled caller leaves its read running in its thread; the lock makes the close wait for it
+    # (closing a generator that is executing raises ValueError and would leak the connection).
+    lock = threading.Lock()
+
+    def step() -> tuple[int, bytes] | None:
+        with lock:
+            return next(chunks, None)
+
+    def close() -> None:
+        with lock:
+            chunks.close()
+
     try:
-        if offset:
-            await asyncio.to_thread(_skip, fh, offset)
-        while block := await asyncio.to_thread(fh.read, size):
-            yield offset, block
-            offset += len(block)
+        while (item := await asyncio.to_thread(step)) is not None:
+            yield item
     finally:
-        await asyncio.to_thread(opened.__exit__, None, None, None)
-
-
-def _skip(fh: BinaryIO, offset: int) -> None:
-    if fh.seekable():
-        fh.seek(offset)
-        return
-    while offset > 0:
-        block = fh.read(min(CHUNK, offset))
-        if not block:
-            return
-        offset -= len(block)
+        await asyncio.to_thread(close)
 
 
 def open_storage(settings: Settings) -> ObjectStorage:

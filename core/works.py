@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import psycopg
 
-from core.database import Database, Row
+from core.database import Database
 from core.errors import NotFound
+from core.records import Work
 
 MAX_MEMBERS = 100_000
-
-
-@dataclass
-class WorkView:
-    work: Row
-    member_asset_ids: list[str]
 
 
 class Works:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def put(self, work_id: str, title: str, member_asset_ids: list[str], creator: str, url: str) -> WorkView:
+    async def put(self, work_id: str, title: str, member_asset_ids: list[str], creator: str, url: str) -> Work:
         try:
             async with self.db.transaction() as conn:
                 existing = {
@@ -42,12 +35,12 @@ class Works:
                     await self.db.execute("insert_work_members", conn, work_id=work_id, asset_ids=member_asset_ids)
         except psycopg.errors.ForeignKeyViolation:
             raise NotFound("a member asset was deleted while the work was being saved") from None
-        return WorkView(work, member_asset_ids)
+        return Work.from_row(work, member_asset_ids)
 
-    async def get(self, work_id: str) -> WorkView:
+    async def get(self, work_id: str) -> Work:
         async with self.db.connection() as conn:
-            work = await self.db.fetchone("get_work", conn, work_id=work_id)
-            if work is None:
+            row = await self.db.fetchone("get_work", conn, work_id=work_id)
+            if row is None:
                 raise NotFound(f"work {work_id!r} not found")
             members = await self.db.fetchall("list_work_members", conn, work_id=work_id)
-        return WorkView(work, [m["asset_id"] for m in members])
+        return Work.from_row(row, [m["asset_id"] for m in members])

@@ -1,4 +1,4 @@
-"""`python -m server`: serve with settings from the environment."""
+"""`python -m server`: serve with settings from the environment (`make run`)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import asyncio
 
 from core.config import settings_or_exit
-from server.app import configure_logging, serve
+from core.host import Host, configure_logging, registry_or_exit
+from server.grpc_role import GrpcRole
+from worker.host import background_roles
 
 
 def main() -> None:
     settings = settings_or_exit()
     configure_logging(settings.log_level)
-    asyncio.run(serve(settings))
+    registry = registry_or_exit(settings)  # a bad file stops start-up, before anything runs
+    # The roles are made here, before the event loop: the runner's pool is spawned now.
+    roles = [*background_roles(settings, settings.workers), GrpcRole()]
+    asyncio.run(Host(settings, registry, roles, name="derivatives-server").run())
 
 
 if __name__ == "__main__":

@@ -1,20 +1,17 @@
-"""Database rows to protobuf messages."""
+"""Domain records to protobuf messages (and the proto's enums to the domain's)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, status_pb2
 
-from core.assets import AssetView
-from core.database import Row
 from core.definitions import Definition
 from core.media import EXTENSIONS
 from core.progress import Update
+from core.records import AssetView, Bundle, BundleKind, BundleStatus, Derivative, Job, JobKind, Stage, Work
 from core.storage import ObjectStorage
-from core.works import WorkView
 from derivatives.v1 import derivatives_pb2 as pb
 
 
@@ -30,147 +27,135 @@ def derivative_filename(asset_id: str, key: str, content_type: str) -> str:
     return f"{asset_id}_{key}.{EXTENSIONS.get(content_type, 'bin')}"
 
 
-def derivative(row: Row, storage: ObjectStorage, url_expiry: dt.timedelta) -> pb.Derivative:
-    filename = derivative_filename(row["asset_id"], row["key"], row["content_type"])
+def derivative(d: Derivative, storage: ObjectStorage, url_expiry: dt.timedelta) -> pb.Derivative:
+    filename = derivative_filename(d.asset_id, d.key, d.content_type)
     return pb.Derivative(
-        asset_id=row["asset_id"],
-        key=row["key"],
-        content_type=row["content_type"],
-        size_bytes=row["size_bytes"],
-        width=row["width"],
-        height=row["height"],
-        sha512=row["sha512"],
-        original_sha512=row["original_sha512"],
-        created_at=ts(row["created_at"]),
-        location=pb.StorageRef(bucket=row["bucket"], key=row["object_key"]),
-        url=storage.presign(row["bucket"], row["object_key"], expires=url_expiry, filename=filename),
+        asset_id=d.asset_id,
+        key=d.key,
+        content_type=d.content_type,
+        size_bytes=d.size_bytes,
+        width=d.width,
+        height=d.height,
+        sha512=d.sha512,
+        original_sha512=d.original_sha512,
+        created_at=ts(d.created_at),
+        location=pb.StorageRef(bucket=d.location.bucket, key=d.location.key),
+        url=storage.presign(d.location.bucket, d.location.key, expires=url_expiry, filename=filename),
         filename=filename,
-        metadata={str(k): str(v) for k, v in (row["metadata"] or {}).items()},
+        metadata=d.metadata,
     )
 
 
-def asset(view: AssetView, storage: ObjectStorage, url_expiry: dt.timedelta, derivatives_created: bool) -> pb.Asset:
-    row = view.asset
-    failures: dict[str, Any] = row["derivative_failures"] or {}
+def asset(view: AssetView, storage: ObjectStorage, url_expiry: dt.timedelta) -> pb.Asset:
+    a = view.asset
     return pb.Asset(
-        asset_id=row["asset_id"],
-        content_type=row["content_type"],
-        size_bytes=row["size_bytes"],
-        sha512=row["sha512"],
-        width=row["width"],
-        height=row["height"],
-        filename=row["filename"],
-        original=pb.StorageRef(bucket=row["bucket"], key=row["object_key"]),
-        created_at=ts(row["created_at"]),
-        updated_at=ts(row["updated_at"]),
-        derivatives_created=derivatives_created,
+        asset_id=a.asset_id,
+        content_type=a.content_type,
+        size_bytes=a.size_bytes,
+        sha512=a.sha512,
+        width=a.width,
+        height=a.height,
+        filename=a.filename,
+        original=pb.StorageRef(bucket=a.original.bucket, key=a.original.key),
+        created_at=ts(a.created_at),
+        updated_at=ts(a.updated_at),
+        derivatives_created=view.derivatives_created,
         derivatives=[derivative(d, storage, url_expiry) for d in view.derivatives],
         derivative_failures=[
-            pb.DerivativeFailure(
-                key=key,
-                reason=str(info.get("reason", "")),
-                failed_at=ts(dt.datetime.fromisoformat(info["failed_at"])) if info.get("failed_at") else None,
-            )
-            for key, info in sorted(failures.items())
+            pb.DerivativeFailure(key=f.key, reason=f.reason, failed_at=ts(f.failed_at)) for f in a.failures
         ],
     )
 
 
-def work(view: WorkView) -> pb.Work:
-    row = view.work
+def work(w: Work) -> pb.Work:
     return pb.Work(
-        work_id=row["work_id"],
-        title=row["title"],
-        member_asset_ids=view.member_asset_ids,
-        creator=row["creator"],
-        url=row["url"],
-        created_at=ts(row["created_at"]),
-        updated_at=ts(row["updated_at"]),
+        work_id=w.work_id,
+        title=w.title,
+        member_asset_ids=list(w.member_asset_ids),
+        creator=w.creator,
+        url=w.url,
+        created_at=ts(w.created_at),
+        updated_at=ts(w.updated_at),
     )
 
 
 STAGES = {
-    "queued": pb.STAGE_QUEUED,
-    "running": pb.STAGE_RUNNING,
-    "finishing": pb.STAGE_FINISHING,
-    "succeeded": pb.STAGE_SUCCEEDED,
-    "failed": pb.STAGE_FAILED,
+    Stage.QUEUED: pb.STAGE_QUEUED,
+    Stage.RUNNING: pb.STAGE_RUNNING,
+    Stage.FINISHING: pb.STAGE_FINISHING,
+    Stage.SUCCEEDED: pb.STAGE_SUCCEEDED,
+    Stage.FAILED: pb.STAGE_FAILED,
 }
-JOB_KINDS = {"create_derivatives": pb.JOB_KIND_CREATE_DERIVATIVES, "build_bundle": pb.JOB_KIND_BUILD_BUNDLE}
+JOB_KINDS = {JobKind.CREATE_DERIVATIVES: pb.JOB_KIND_CREATE_DERIVATIVES, JobKind.BUILD_BUNDLE: pb.JOB_KIND_BUILD_BUNDLE}
+BUNDLE_KINDS = {pb.BUNDLE_KIND_PDF: BundleKind.PDF, pb.BUNDLE_KIND_ZIP: BundleKind.ZIP}
+_KIND_ENUMS = {v: k for k, v in BUNDLE_KINDS.items()}
+_BUNDLE_STATUS = {
+    BundleStatus.IN_PROGRESS: pb.BUNDLE_STATUS_IN_PROGRESS,
+    BundleStatus.SUCCESS: pb.BUNDLE_STATUS_SUCCESS,
+    BundleStatus.ERROR: pb.BUNDLE_STATUS_ERROR,
+}
 
 
-def job(row: Row) -> pb.Job:
+def job(j: Job) -> pb.Job:
     error = None
-    if row["stage"] == "failed":
-        error = status_pb2.Status(code=code_pb2.INTERNAL, message=row["error"] or "failed")
+    if j.stage is Stage.FAILED:
+        error = status_pb2.Status(code=code_pb2.INTERNAL, message=j.error or "failed")
     return pb.Job(
-        job_id=str(row["job_id"]),
-        kind=JOB_KINDS.get(row["kind"], pb.JOB_KIND_UNSPECIFIED),
-        stage=STAGES.get(row["stage"], pb.STAGE_UNSPECIFIED),
-        done=row["done"],
-        total=row["total"],
-        created_at=ts(row["created_at"]),
-        updated_at=ts(row["updated_at"]),
-        failures=[
-            pb.AssetFailure(asset_id=f.get("asset_id", ""), key=f.get("key", ""), reason=f.get("reason", ""))
-            for f in row["failures"] or []
-        ],
+        job_id=str(j.job_id),
+        kind=JOB_KINDS[j.kind],
+        stage=STAGES[j.stage],
+        done=j.done,
+        total=j.total,
+        created_at=ts(j.created_at),
+        updated_at=ts(j.updated_at),
+        failures=[pb.AssetFailure(asset_id=f.asset_id, key=f.key, reason=f.reason) for f in j.failures],
         error=error,
-        attempts=row["attempts"],
+        attempts=j.attempts,
     )
 
 
 def progress_event(update: Update) -> pb.ProgressEvent:
-    row = update.row
+    e = update.event
     event = pb.ProgressEvent(
-        seq=row["seq"],
-        stage=STAGES.get(row["stage"], pb.STAGE_UNSPECIFIED),
-        done=row["done"],
-        total=row["total"],
-        updated_at=ts(row.get("updated_at") or row.get("at")),
+        seq=e.seq,
+        stage=STAGES[e.stage],
+        done=e.done,
+        total=e.total,
+        updated_at=ts(e.at),
         snapshot=update.snapshot,
         heartbeat=update.heartbeat,
     )
-    if update.final:
-        result = job(row)
+    if update.job is not None:
+        result = job(update.job)
         event.job.CopyFrom(result)
-        if row["stage"] == "failed":
+        if update.job.stage is Stage.FAILED:
             event.error.CopyFrom(result.error)
     return event
 
 
-BUNDLE_KINDS = {pb.BUNDLE_KIND_PDF: "pdf", pb.BUNDLE_KIND_ZIP: "zip"}
-_KIND_ENUMS = {v: k for k, v in BUNDLE_KINDS.items()}
-_BUNDLE_STATUS = {
-    "in_progress": pb.BUNDLE_STATUS_IN_PROGRESS,
-    "success": pb.BUNDLE_STATUS_SUCCESS,
-    "error": pb.BUNDLE_STATUS_ERROR,
-}
-
-
-def bundle(row: Row, storage: ObjectStorage, url_expiry: dt.timedelta) -> pb.Bundle:
+def bundle(b: Bundle, storage: ObjectStorage, url_expiry: dt.timedelta) -> pb.Bundle:
     url, expires = "", None
-    if row["status"] == "success":
-        url = storage.presign(row["bucket"], row["object_key"], expires=url_expiry, filename=row["filename"])
+    if b.status is BundleStatus.SUCCESS:
+        url = storage.presign(b.location.bucket, b.location.key, expires=url_expiry, filename=b.filename)
         if url:
             expires = ts(dt.datetime.now(dt.UTC) + url_expiry)
     return pb.Bundle(
-        bundle_id=str(row["bundle_id"]),
-        work_id=row["work_id"],
-        kind=_KIND_ENUMS[row["kind"]],
-        status=_BUNDLE_STATUS[row["status"]],
-        stage=STAGES.get(row.get("stage") or "", pb.STAGE_UNSPECIFIED),
-        done=row.get("done") or 0,
-        total=row.get("total") or 0,
-        checksum=row["checksum"],
-        size_bytes=row["size_bytes"],
-        filename=row["filename"],
+        bundle_id=str(b.bundle_id),
+        work_id=b.work_id,
+        kind=_KIND_ENUMS[b.kind],
+        status=_BUNDLE_STATUS[b.status],
+        stage=STAGES[b.stage] if b.stage is not None else pb.STAGE_UNSPECIFIED,
+        done=b.done,
+        total=b.total,
+        checksum=b.checksum,
+        size_bytes=b.size_bytes,
+        filename=b.filename,
         url=url,
         url_expires_at=expires,
-        error=row["error"] or "",
-        created_at=ts(row["created_at"]),
-        updated_at=ts(row["updated_at"]),
-        last_accessed_at=ts(row["last_accessed_at"]),
+        error=b.error or "",
+        created_at=ts(b.created_at),
+        updated_at=ts(b.updated_at),
+        last_accessed_at=ts(b.last_accessed_at),
     )
 
 

@@ -8,50 +8,30 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import empty_pb2
 
-from core.assets import Assets, AssetView
-from core.bundles import Bundles
-from core.config import Settings
-from core.database import Row
-from core.definitions import Registry
-from core.derivatives import Derivatives
+from core.domain import Domain
 from core.errors import InvalidArgument
 from core.ids import CALLER_ID, SHA512_HEX, check_caller_id, check_caller_ids, check_key, check_text, require_uuid
-from core.jobs import Jobs
 from core.media import Spooled, spool_async, spool_stream
-from core.progress import ProgressHub, watch
+from core.records import AssetView, Bundle
 from core.singleflight import SingleFlight
-from core.storage import ObjectStorage, read_object
-from core.works import MAX_MEMBERS, Works
+from core.storage import read_object
+from core.works import MAX_MEMBERS
 from derivatives.v1 import derivatives_pb2 as pb
 from derivatives.v1 import derivatives_pb2_grpc as pb_grpc
 from server import convert
-from server.status import streaming, unary
+from server.status import field_paths, streaming, unary
 
 log = logging.getLogger("derivatives.service")
 MAX_ASSETS_PER_JOB = 10_000
 MAX_PAGE = 10_000
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-
-
-@dataclass
-class Domain:
-    """Everything the handlers delegate to."""
-
-    settings: Settings
-    storage: ObjectStorage
-    assets: Assets
-    works: Works
-    registry: Registry
-    jobs: Jobs
-    derivatives: Derivatives
-    hub: ProgressHub
-    bundles: Bundles
+# The request paths of the domain's fields, for the streamed uploads' header-then-chunks messages.
+UPLOAD_FIELDS = {"content_type": "header.content_type", "data": "chunk"}
 
 
 class DerivativeService(pb_grpc.DerivativeServiceServicer):
@@ -62,14 +42,12 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         self._reads: SingleFlight[Any] = SingleFlight()
 
     def _asset(self, view: AssetView) -> pb.Asset:
-        row = view.asset
-        expected = {d.key for d in self.d.registry.plan(row["content_type"], row["width"], [], [])}
-        created = expected <= {d["key"] for d in view.derivatives}
-        return convert.asset(view, self.d.storage, self.url_expiry, derivatives_created=created)
+        return convert.asset(view, self.d.storage, self.url_expiry)
 
     # --- assets -------------------------------------------------------------------------------
 
     @unary
+    @field_paths({"location": "storage_ref"})
     async def PutAsset(self, request: pb.PutAssetRequest, context: Context) -> pb.Asset:
         violations: list[tuple[str, str]] = []
         check_caller_id(request.asset_id, "asset_id", violations)
@@ -96,6 +74,7 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         return self._asset(view)
 
     @unary
+    @field_paths(UPLOAD_FIELDS)
     async def UploadOriginal(
         self, request_iterator: AsyncIterator[pb.UploadOriginalRequest], context: Context
     ) -> pb.Asset:
@@ -197,16 +176,15 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         if violations:
             raise InvalidArgument(violations)
         self.d.registry.check_keys(list(request.only), list(request.exclude))
-        row = await self.d.jobs.create_derivatives(
-            list(request.asset_ids), list(request.only), list(request.exclude), request.lazy
-        )
-        return convert.job(row)
+        job = await self.d.derivatives.request(request.asset_ids, request.only, request.exclude, request.lazy)
+        return convert.job(job)
 
     @unary
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
-        return convert.job(await self.d.jobs.get(require_uuid(request.job_id, "job_id")))
+        return convert.job(await self.d.queue.get(require_uuid(request.job_id, "job_id")))
 
     @unary
+    @field_paths(UPLOAD_FIELDS)
     async def UpdateDerivative(
         self, request_iterator: AsyncIterator[pb.UpdateDerivativeRequest], context: Context
     ) -> pb.Derivative:
@@ -226,10 +204,10 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
             raise InvalidArgument(violations)
 
         spooled = await spool_async(chunks, self.d.assets.temp_path())
-        row = await self.d.derivatives.update(
+        derivative = await self.d.derivatives.update(
             header.asset_id, header.key, header.content_type, spooled, dict(header.metadata), sha
         )
-        return convert.derivative(row, self.d.storage, self.url_expiry)
+        return convert.derivative(derivative, self.d.storage, self.url_expiry)
 
     @unary
     async def RemoveDerivative(self, request: pb.RemoveDerivativeRequest, context: Context) -> empty_pb2.Empty:
@@ -257,13 +235,12 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
             job_id = require_uuid(request.job_id, "job_id")
         else:
             bundle_id = require_uuid(request.bundle_id, "bundle_id")
-            job_id = await self._reads.do(("job of", bundle_id), lambda: self.d.jobs.job_of_bundle(bundle_id))
-        heartbeat = self.d.settings.progress_heartbeat_seconds
-        async for update in watch(self.d.hub, job_id, request.after_seq, heartbeat):
+            job_id = await self._reads.do(("job of", bundle_id), lambda: self.d.bundles.job_of(bundle_id))
+        async for update in self.d.hub.watch(job_id, request.after_seq):
             event = convert.progress_event(update)
             if update.final and bundle_id is not None:  # a bundle's watcher wants the bundle: its URL, size, name
                 final_bundle = await self._reads.do(
-                    ("bundle", bundle_id, update.row["seq"]), lambda: self._final_bundle(bundle_id)
+                    ("bundle", bundle_id, update.event.seq), lambda: self._final_bundle(bundle_id)
                 )
                 event.bundle.CopyFrom(final_bundle)
             yield event
@@ -290,12 +267,13 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         bundle_id = require_uuid(request.bundle_id, "bundle_id")
         if request.offset < 0:
             raise InvalidArgument.one("offset", "must be >= 0")
-        row, size = await self.d.bundles.open_for_read(bundle_id, request.offset)
-        async for offset, chunk in read_object(self.d.storage, row["bucket"], row["object_key"], request.offset):
+        bundle, size = await self.d.bundles.open_for_read(bundle_id, request.offset)
+        location = bundle.location
+        async for offset, chunk in read_object(self.d.storage, location.bucket, location.key, request.offset):
             yield pb.ReadBundleResponse(chunk=chunk, offset=offset, total_size=size)
 
-    def _bundle(self, row: Row) -> pb.Bundle:
-        return convert.bundle(row, self.d.storage, self.url_expiry)
+    def _bundle(self, bundle: Bundle) -> pb.Bundle:
+        return convert.bundle(bundle, self.d.storage, self.url_expiry)
 
 
 async def _header_and_chunks(messages: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[bytes]]:

@@ -1,9 +1,12 @@
 """Building a bundle: every member's JPEG, in order, streamed into one object.
 
-Sources are resolved on the event loop (a missing derivative is made on the pool, a
-few members ahead of the writer); the PDF/ZIP bytes are produced and uploaded in a
-thread, a chunk at a time, straight into storage: no temp file, no whole file in
-memory. Progress is reported per member, then FINISHING while the upload completes.
+Two sides meet in `BundleBuild`:
+- on the event loop, each member's JPEG is located a few members ahead of the writer
+  (a missing derivative is made on the pool first), and progress is reported;
+- in a writer thread, the PDF/ZIP bytes are produced and uploaded a chunk at a time,
+  straight into storage: no temp file, no whole file in memory.
+The thread asks the loop for a member's location with `run_coroutine_threadsafe` and
+tells it about finished members the same way. Progress is per member, then FINISHING.
 """
 
 from __future__ import annotations
@@ -12,207 +15,191 @@ import asyncio
 import datetime as dt
 import functools
 import logging
-import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from concurrent.futures import Executor, Future
-from contextlib import AbstractContextManager, contextmanager
-from typing import Any, BinaryIO
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from contextlib import ExitStack, contextmanager
+from typing import BinaryIO
 
-from core.bundles import Bundles, MemberUnavailable, member_source, title_words
+from core.bundles import Inputs, MemberUnavailable, member_source, title_words
 from core.config import Settings
-from core.database import Database, Row
 from core.definitions import Registry
+from core.derivatives import Derivatives
+from core.records import Bundle, BundleKind, Location, Stage, Work
 from core.storage import ObjectMissing, ObjectStorage, chunk_stream, read_chunks
+from worker.job import Interrupted, JobContext
 from worker.pdf_writer import NotAJpeg, Page, PdfStream
+from worker.render import Renderer
 from worker.zip_writer import zip_stream
 
 log = logging.getLogger("derivatives.bundle_build")
 
-# Derives one asset's key; returns a failure reason or None (the runner's per-asset path).
-DeriveFn = Callable[[str, str], Awaitable[str | None]]
-
-
-# Opens member i's JPEG (looking its location up again if the object vanished meanwhile).
-MemberFile = Callable[[int], AbstractContextManager[BinaryIO]]
-
-
-class BuildAborted(Exception):
-    """The lease was lost or the runner is stopping: stop writing, leave the job to the next owner."""
-
-
-class PermanentFailure(Exception):
-    """Retrying cannot help (a member cannot be rendered, the work changed)."""
+# How often a member's JPEG may vanish under the writer (a derivative replaced meanwhile) before the build fails.
+OPEN_ATTEMPTS = 3
 
 
 class BundleBuild:
+    """One build of one bundle: run() streams it into storage and returns its size in bytes."""
+
     def __init__(
         self,
-        db: Database,
+        bundle: Bundle,
+        inputs: Inputs,
+        ctx: JobContext,
+        *,
         storage: ObjectStorage,
         settings: Settings,
         registry: Registry,
-        bundles: Bundles,
-        derive: DeriveFn,
-        prefetch: int,
+        derivatives: Derivatives,
+        renderer: Renderer,
         writers: Executor,
+        prefetch: int,
     ) -> None:
-        self.db = db
+        self.bundle = bundle
+        self.work = inputs.work
+        self.members = inputs.members
+        self.ctx = ctx
         self.storage = storage
         self.settings = settings
         self.registry = registry
-        self.bundles = bundles
-        self.derive = derive
-        self.prefetch = max(1, prefetch)
+        self.derivatives = derivatives
+        self.renderer = renderer
         self.writers = writers
+        self.prefetch = max(1, prefetch)
+        self.loop = asyncio.get_running_loop()
+        self._located: dict[int, asyncio.Task[Location]] = {}  # member index -> its JPEG, being looked up
+        self._done = 0
 
-    async def run(
-        self,
-        bundle_id: uuid.UUID,
-        progress: Callable[[int, str], Coroutine[Any, Any, None]],
-        should_stop: Callable[[], bool],
-    ) -> dict[str, Any]:
-        bundle = await self.bundles.get(bundle_id)
-        kind = bundle["kind"]
-        work, members, sum_ = await self.bundles.inputs(bundle["work_id"], kind)
-        if sum_ != bundle["checksum"]:
-            raise PermanentFailure("the work changed since this bundle was requested; request it again")
-        if not members:
-            raise PermanentFailure("the work has no members")
-        loop = asyncio.get_running_loop()
-        tasks: dict[int, asyncio.Task[tuple[str, str]]] = {}
-
-        def schedule(i: int) -> asyncio.Task[tuple[str, str]]:
-            for j in range(i, min(i + self.prefetch, len(members))):
-                if j not in tasks:
-                    tasks[j] = asyncio.ensure_future(self._location(j, members[j], kind))
-            return tasks[i]
-
-        async def location(i: int, fresh: bool) -> tuple[str, str]:
-            if fresh:  # the object we were given vanished (a derivative replaced meanwhile): look again
-                tasks.pop(i, None)
-            task = schedule(i)
-            tasks.pop(i - 1, None)
-            return await task
-
-        done_count = 0
-
-        def member_done(n: int, stage: str = "running") -> None:
-            nonlocal done_count
-            done_count = n
-            asyncio.run_coroutine_threadsafe(progress(n, stage), loop)
-
-        def fetch(i: int, fresh: bool = False) -> tuple[str, str]:  # in the writer thread
-            if should_stop():
-                raise BuildAborted()
-            future: Future[tuple[str, str]] = asyncio.run_coroutine_threadsafe(location(i, fresh), loop)
-            return future.result()
-
-        @contextmanager
-        def member_file(i: int) -> Iterator[BinaryIO]:
-            for attempt in range(3):
-                bucket, key = fetch(i, fresh=attempt > 0)
-                opened = self.storage.open(bucket, key)
-                try:
-                    fh = opened.__enter__()
-                except ObjectMissing:
-                    continue
-                try:
-                    yield fh
-                finally:
-                    opened.__exit__(None, None, None)
-                return
-            raise MemberUnavailable(f"member {i + 1} (asset {members[i]['asset_id']}): its JPEG kept vanishing")
-
-        writer = self._pdf if kind == "pdf" else self._zip
-        chunks = writer(work, members, member_file, member_done)
-        stream, counter = chunk_stream(chunks)
+    async def run(self) -> int:
+        kind = self.bundle.kind
+        stream, counter = chunk_stream(self._pdf() if kind is BundleKind.PDF else self._zip())
+        put = functools.partial(
+            self.storage.put,
+            self.bundle.location.bucket,
+            self.bundle.location.key,
+            stream,
+            length=-1,
+            content_type=kind.content_type,
+        )
         try:
-            await loop.run_in_executor(
-                self.writers,
-                functools.partial(
-                    self.storage.put,
-                    bundle["bucket"],
-                    bundle["object_key"],
-                    stream,
-                    length=-1,
-                    content_type="application/pdf" if kind == "pdf" else "application/zip",
-                ),
-            )
+            await self.loop.run_in_executor(self.writers, put)
         finally:
-            for task in tasks.values():
+            for task in self._located.values():
                 task.cancel()
-        await progress(done_count, "finishing")
-        return {"bundle_id": str(bundle_id), "size_bytes": counter.total}
+        await self._report(self._done, Stage.FINISHING)
+        return counter.total
 
-    async def _location(self, i: int, member: Row, kind: str) -> tuple[str, str]:
-        """(bucket, key) of member i's JPEG, making its derivative first if needed."""
-        label = f"member {i + 1} (asset {member['asset_id']})"
-        source = member_source(member, kind, self.registry, self.settings)
+    # --- the event loop's side ----------------------------------------------------------------
+
+    async def _location(self, i: int, fresh: bool) -> Location:
+        """Member i's JPEG, looking ahead `prefetch` members; `fresh` forgets an earlier answer."""
+        if fresh:  # the object we were given vanished (a derivative replaced meanwhile): look again
+            self._located.pop(i, None)
+        for j in range(i, min(i + self.prefetch, len(self.members))):
+            if j not in self._located:
+                self._located[j] = asyncio.ensure_future(self._resolve(j))
+        task = self._located[i]
+        self._located.pop(i - 1, None)
+        return await task
+
+    async def _resolve(self, i: int) -> Location:
+        """Where member i's JPEG is, making its derivative first if needed."""
+        member = self.members[i]
+        label = f"member {i + 1} (asset {member.asset_id})"
+        source = member_source(member, self.bundle.kind, self.registry, self.settings)
         if source is None:
-            raise MemberUnavailable(f"{label}: no JPEG can be made from {member['content_type']}")
+            raise MemberUnavailable(f"{label}: no JPEG can be made from {member.content_type}")
         if source.derivative_key is None:
-            return member["bucket"], member["object_key"]
+            return member.original
         key = source.derivative_key
         for _ in range(3):  # the original may be replaced meanwhile: then the build is stale anyway
-            row = await self.db.fetchone("get_derivative", asset_id=member["asset_id"], key=key)
-            if row is not None and row["original_sha512"] == member["sha512"]:
-                return row["bucket"], row["object_key"]
-            reason = await self.derive(member["asset_id"], key)
-            if reason:
-                raise MemberUnavailable(f"{label}: {reason}")
+            derivative = await self.derivatives.get(member.asset_id, key)
+            if derivative is not None and derivative.original_sha512 == member.sha512:
+                return derivative.location
+            failures = await self.renderer.derive(member.asset_id, only=(key,), lazy=True)
+            if failures:
+                raise MemberUnavailable(f"{label}: {failures[0].reason}")
         raise MemberUnavailable(f"{label}: its original changed during the build")
 
-    def _pdf(
-        self, work: Row, members: list[Row], member_file: MemberFile, done: Callable[..., None]
-    ) -> Iterator[bytes]:
+    async def _report(self, done: int, stage: Stage) -> None:
+        self.ctx.done = max(self.ctx.done, done)  # in the writer thread's order; never backwards
+        await self.ctx.report(stage)
+
+    # --- the writer thread's side -------------------------------------------------------------
+
+    def _locate(self, i: int, fresh: bool) -> Location:
+        if self.ctx.should_stop():
+            raise Interrupted()
+        return asyncio.run_coroutine_threadsafe(self._location(i, fresh), self.loop).result()
+
+    def _member_done(self, n: int, stage: Stage = Stage.RUNNING) -> None:
+        self._done = n
+        asyncio.run_coroutine_threadsafe(self._report(n, stage), self.loop)
+
+    @contextmanager
+    def _open_member(self, i: int) -> Iterator[BinaryIO]:
+        """Member i's JPEG, open; looked up again if its object vanished before we opened it."""
+        for attempt in range(OPEN_ATTEMPTS):
+            location = self._locate(i, fresh=attempt > 0)
+            with ExitStack() as stack:
+                try:
+                    fh = stack.enter_context(self.storage.open(location.bucket, location.key))
+                except ObjectMissing:
+                    continue
+                yield fh
+                return
+        raise MemberUnavailable(f"member {i + 1} (asset {self.members[i].asset_id}): its JPEG kept vanishing")
+
+    def _pages(self) -> Iterator[Page]:
+        for i, member in enumerate(self.members):
+            with self._open_member(i) as fh:
+                data = fh.read()  # one page in memory at a time
+            if i:
+                self._member_done(i)
+            yield Page(data, f"Page {i + 1} ({member.asset_id})")
+        self._member_done(len(self.members), Stage.FINISHING)
+
+    def _pdf(self) -> Iterator[bytes]:
+        work, institution = self.work, self.settings.institution
         info = {
-            "Title": work["title"],
-            "Author": work["creator"] or self.settings.institution,
-            "Subject": work["url"] or f"work {work['work_id']}",
-            "Creator": self.settings.institution or "derivative service",
+            "Title": work.title,
+            "Author": work.creator or institution,
+            "Subject": work.url or f"work {work.work_id}",
+            "Creator": institution or "derivative service",
             "Producer": "derivative service (derivatives.v1)",
         }
-
-        def pages() -> Iterator[Page]:
-            for i, member in enumerate(members):
-                with member_file(i) as fh:
-                    data = fh.read()  # one page in memory at a time
-                if i:
-                    done(i)
-                yield Page(data, f"Page {i + 1} ({member['asset_id']})")
-            done(len(members), "finishing")
-
         try:
-            yield from PdfStream(info, self.settings.pdf_dpi).write(pages())
+            yield from PdfStream(info, self.settings.pdf_dpi).write(self._pages())
         except NotAJpeg as exc:
             raise MemberUnavailable(f"a member's JPEG is unreadable: {exc}") from None
 
-    def _zip(
-        self, work: Row, members: list[Row], member_file: MemberFile, done: Callable[..., None]
-    ) -> Iterator[bytes]:
-        width = max(3, len(str(len(members))))
-        words = title_words(work["title"])
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        lines = [
-            self.settings.institution,
-            work["title"],
-            f"Work: {work['work_id']}" + (f" ({work['url']})" if work["url"] else ""),
-            f"Creator: {work['creator']}" if work["creator"] else "",
-            f"Pages: {len(members)}",
-            f"Prepared on {now}",
-        ]
-        about = "\n".join(line for line in lines if line) + "\n"
+    def _member_chunks(self, i: int) -> Iterator[bytes]:
+        with self._open_member(i) as fh:
+            yield from read_chunks(fh)
+        self._member_done(i + 1)
 
-        def entries() -> Iterator[tuple[str, Iterator[bytes]]]:
-            for i, member in enumerate(members):
-                name = f"{i + 1:0{width}d}-{words}_{work['work_id']}_{i + 1}_{member['asset_id']}.jpg"
-                yield name, _chunks(member_file, i, functools.partial(done, i + 1))
-            done(len(members), "finishing")
+    def _entries(self) -> Iterator[tuple[str, Iterator[bytes]]]:
+        work = self.work
+        width = max(3, len(str(len(self.members))))
+        words = title_words(work.title)
+        for i, member in enumerate(self.members):
+            name = f"{i + 1:0{width}d}-{words}_{work.work_id}_{i + 1}_{member.asset_id}.jpg"
+            yield name, self._member_chunks(i)
+        self._member_done(len(self.members), Stage.FINISHING)
 
-        return zip_stream(entries(), about, about)
+    def _zip(self) -> Iterator[bytes]:
+        about = about_text(self.work, len(self.members), self.settings.institution)
+        return zip_stream(self._entries(), about, about)
 
 
-def _chunks(member_file: MemberFile, i: int, finished: Callable[[], None]) -> Iterator[bytes]:
-    with member_file(i) as fh:
-        yield from read_chunks(fh)
-    finished()
+def about_text(work: Work, pages: int, institution: str) -> str:
+    """about.txt of a ZIP (also its comment)."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        institution,
+        work.title,
+        f"Work: {work.work_id}" + (f" ({work.url})" if work.url else ""),
+        f"Creator: {work.creator}" if work.creator else "",
+        f"Pages: {pages}",
+        f"Prepared on {now}",
+    ]
+    return "\n".join(line for line in lines if line) + "\n"

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.definitions import Definition
+from core.derivatives import Failed
+from core.plan import would_upscale
 
 if TYPE_CHECKING:
     import pyvips
@@ -29,7 +31,7 @@ log = logging.getLogger("derivatives.imaging")
 
 # Width and a height no image reaches: thumbnail to a width, whatever the aspect ratio.
 _ANY_HEIGHT = 10_000_000
-_PDF_FULL_SCALE = 150 / 72  # a full-size PDF page renders at 150 dpi
+_POINTS_PER_INCH = 72
 _MAX_REASON = 200
 
 
@@ -42,12 +44,6 @@ class Rendered:
     height: int
     size_bytes: int
     sha512: str
-
-
-@dataclass(frozen=True)
-class Failed:
-    key: str
-    reason: str
 
 
 def configure_vips() -> None:
@@ -64,11 +60,17 @@ def configure_vips() -> None:
 
 
 def render_all(
-    original: Path, content_type: str, definitions: list[Definition], out_dir: Path, max_pixels: int
+    original: Path,
+    content_type: str,
+    definitions: list[Definition],
+    out_dir: Path,
+    max_pixels: int,
+    render_dpi: float = 150.0,
 ) -> list[Rendered | Failed]:
     """Make every definition's derivative from ONE decode of the original.
 
-    Returns one entry per definition, in the same order.
+    `render_dpi` is the resolution a PDF original's page is rasterized at for a full-size
+    derivative (DERIVATIVES_PDF_RENDER_DPI). Returns one entry per definition, in order.
     """
     results: dict[int, Rendered | Failed] = {}
     groups: dict[str, list[tuple[int, Definition]]] = {"jpeg": [], "pdf_page_jpeg": []}
@@ -80,7 +82,7 @@ def render_all(
         else:
             results[i] = Failed(definition.key, _short(f"unknown transformer {definition.transformer!r}"))
 
-    makers: dict[str, Callable[[Path, list[Definition], Path, int], list[Rendered | Failed]]] = {
+    makers: dict[str, Callable[[Path, list[Definition], Path, int, float], list[Rendered | Failed]]] = {
         "jpeg": _render_image,
         "pdf_page_jpeg": _render_pdf,
     }
@@ -89,7 +91,7 @@ def render_all(
             continue
         defs = [d for _, d in group]
         try:
-            made = makers[transformer](original, defs, out_dir, max_pixels)
+            made = makers[transformer](original, defs, out_dir, max_pixels, render_dpi)
         except Exception as exc:  # a bug or an unexpected library error: still no raise
             log.exception("%s of %s (%s) failed", transformer, original, content_type)
             reason = f"internal error: {type(exc).__name__}: {exc}".replace(str(original), "original")
@@ -99,7 +101,9 @@ def render_all(
     return [results[i] for i in range(len(definitions))]
 
 
-def _render_image(original: Path, defs: list[Definition], out_dir: Path, max_pixels: int) -> list[Rendered | Failed]:
+def _render_image(
+    original: Path, defs: list[Definition], out_dir: Path, max_pixels: int, render_dpi: float
+) -> list[Rendered | Failed]:
     import pyvips
 
     path = str(original)
@@ -120,10 +124,11 @@ def _render_image(original: Path, defs: list[Definition], out_dir: Path, max_pix
             defs, f"original is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
         )
 
-    # Never upscale: a size not narrower than the original fails (callers filter these out).
+    # Never upscale (the rule is core.plan's; the plan asked with the stored width, this asks with
+    # the decoded one): such a size fails, the others go on.
     plan: list[int | Failed] = [
         Failed(d.key, f"original is {width} px wide, not wider than max_width {d.max_width}")
-        if d.max_width >= width
+        if would_upscale(d, width)
         else d.max_width or width
         for d in defs
     ]
@@ -145,7 +150,9 @@ def _render_image(original: Path, defs: list[Definition], out_dir: Path, max_pix
     return _derive(base, defs, plan, out_dir)
 
 
-def _render_pdf(original: Path, defs: list[Definition], out_dir: Path, max_pixels: int) -> list[Rendered | Failed]:
+def _render_pdf(
+    original: Path, defs: list[Definition], out_dir: Path, max_pixels: int, render_dpi: float
+) -> list[Rendered | Failed]:
     import pypdfium2 as pdfium
 
     try:
@@ -163,8 +170,9 @@ def _render_pdf(original: Path, defs: list[Definition], out_dir: Path, max_pixel
             page_width, page_height = page.get_width(), page.get_height()
             if page_width <= 0 or page_height <= 0:
                 return _all_failed(defs, "PDF page has no size")
-            # A page is vector: any width renders, none is "too narrow"; full size is 150 dpi.
-            plan: list[int | Failed] = [d.max_width or math.ceil(page_width * _PDF_FULL_SCALE) for d in defs]
+            # A page is vector: any width renders, none is "too narrow"; full size is render_dpi.
+            full_width = math.ceil(page_width * render_dpi / _POINTS_PER_INCH)
+            plan: list[int | Failed] = [d.max_width or full_width for d in defs]
             # render() sizes the bitmap with ceil(): aim a hair under the width, or float
             # error adds a row or column (612 pt at 150 dpi would be 1275x1651, not 1650).
             scale = (max(w for w in plan if isinstance(w, int)) - 0.01) / page_width

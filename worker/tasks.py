@@ -1,7 +1,8 @@
 """Tasks run in pool processes: plain functions of inputs to stored objects.
 
-Each takes and returns picklable plain data, reads and writes storage itself, and
-touches no database: the parent attaches results under the concurrency contract.
+Each takes and returns picklable records (an Asset and its Definitions in, Made | Failed
+out), reads and writes storage itself, and touches no database: the parent attaches
+results under the concurrency contract.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from core.config import Settings, load_settings
 from core.definitions import Definition
-from core.derivatives import object_key
+from core.derivatives import Failed, Made, object_key
+from core.host import configure_logging
+from core.records import Asset, Location
 from core.storage import ObjectMissing, ObjectStorage, open_storage
+
+if TYPE_CHECKING:
+    from worker.imaging import Rendered
 
 log = logging.getLogger("derivatives.tasks")
 
@@ -36,8 +42,7 @@ def init_process(env: dict[str, str], vips_concurrency: int) -> None:
     from worker.imaging import configure_vips
 
     configure_vips()
-    logging.basicConfig(level=_settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips logs every operation at INFO
+    configure_logging(_settings.log_level)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
 
 
@@ -62,66 +67,52 @@ def _context() -> tuple[Settings, ObjectStorage]:
     return _settings, _storage
 
 
-def make_derivatives(asset: dict[str, Any], definitions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def make_derivatives(asset: Asset, definitions: tuple[Definition, ...]) -> list[Made | Failed]:
     """Render every definition from one download and one decode of the original; upload each.
 
-    Returns one dict per definition: the uploaded object's description, or
-    {"key", "failed": reason}.
+    Returns one entry per definition, in order: the uploaded object, or why it failed.
     """
     from worker.imaging import render_all
 
     settings, storage = _context()
-    plan = [Definition.from_dict(d) for d in definitions]
+    source = asset.original
     with tempfile.TemporaryDirectory(prefix="derive-") as tmp:
         # Read a local object in place; copy a remote one (libvips needs a seekable file for most formats).
-        original = storage.local_path(asset["bucket"], asset["object_key"]) or Path(tmp) / "original"
+        original = storage.local_path(source.bucket, source.key) or Path(tmp) / "original"
         try:
             if not original.exists():
-                storage.download(asset["bucket"], asset["object_key"], original)
+                storage.download(source.bucket, source.key, original)
         except ObjectMissing:
-            return [{"key": d.key, "failed": "the original is missing from storage"} for d in plan]
+            return [Failed(d.key, "the original is missing from storage") for d in definitions]
         out_dir = Path(tmp) / "out"
         out_dir.mkdir()
-        results = render_all(original, asset["content_type"], plan, out_dir, settings.max_pixels)
-        out: list[dict[str, Any]] = []
+        results = render_all(
+            original, asset.content_type, list(definitions), out_dir, settings.max_pixels, settings.pdf_render_dpi
+        )
+        out: list[Made | Failed] = []
         try:
-            _upload(storage, settings, asset, plan, results, out)
+            for definition, result in zip(definitions, results, strict=True):
+                out.append(
+                    result if isinstance(result, Failed) else _upload(storage, settings, asset, definition, result)
+                )
         except BaseException:  # e.g. storage away on the 3rd of 9: the first 2 must not stay orphaned
             for made in out:
-                if "failed" not in made:
+                if isinstance(made, Made):
                     with contextlib.suppress(Exception):
-                        storage.delete(made["bucket"], made["object_key"])
+                        storage.delete(made.location.bucket, made.location.key)
             raise
         return out
 
 
-def _upload(
-    storage: ObjectStorage,
-    settings: Settings,
-    asset: dict[str, Any],
-    plan: list[Definition],
-    results: list[Any],
-    out: list[dict[str, Any]],
-) -> None:
-    """Store each rendered file, appending its description to `out` as it goes."""
-    from worker.imaging import Failed
-
-    for definition, result in zip(plan, results, strict=True):
-        if isinstance(result, Failed):
-            out.append({"key": result.key, "failed": result.reason})
-            continue
-        bucket = definition.bucket or settings.bucket_derivatives
-        key = object_key(asset["asset_id"], result.key, "jpg")
-        storage.put_file(bucket, key, result.path, content_type=result.content_type)
-        out.append(
-            {
-                "key": result.key,
-                "bucket": bucket,
-                "object_key": key,
-                "content_type": result.content_type,
-                "size_bytes": result.size_bytes,
-                "width": result.width,
-                "height": result.height,
-                "sha512": result.sha512,
-            }
-        )
+def _upload(storage: ObjectStorage, settings: Settings, asset: Asset, definition: Definition, result: Rendered) -> Made:
+    location = Location(definition.bucket or settings.bucket_derivatives, object_key(asset.asset_id, result.key, "jpg"))
+    storage.put_file(location.bucket, location.key, result.path, content_type=result.content_type)
+    return Made(
+        key=result.key,
+        location=location,
+        content_type=result.content_type,
+        size_bytes=result.size_bytes,
+        width=result.width,
+        height=result.height,
+        sha512=result.sha512,
+    )

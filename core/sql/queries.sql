@@ -1,4 +1,4 @@
--- Every SQL statement the service runs, by name. Loaded by core.database.Queries.
+-- Every SQL statement the service runs, by name. Loaded by core.database.load_queries.
 -- A block starts with `-- name: NAME` and runs to the next one.
 
 -- name: get_asset
@@ -150,7 +150,7 @@ WHERE job_id IN (
       AND heartbeat_at < now() - make_interval(secs => %(lease_seconds)s)
     FOR UPDATE SKIP LOCKED LIMIT 100
 )
-RETURNING job_id, kind, payload, error;
+RETURNING *;
 
 -- name: prune_jobs
 -- Finished jobs no bundle points at, long after they ended (their events go with them).
@@ -174,7 +174,6 @@ RETURNING *;
 
 -- name: finish_job
 UPDATE jobs SET stage = %(stage)s, done = %(done)s, failures = failures || %(new_failures)s, error = %(error)s,
-               result = %(result)s,
                finished_at = now(), updated_at = now(), seq = seq + 1, worker_id = NULL
 WHERE job_id = %(job_id)s AND worker_id = %(worker_id)s
 RETURNING *;

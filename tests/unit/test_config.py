@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from core.config import Settings, load_settings
+from core.config import RULE_KEYS, Settings, load_settings, settings_or_exit
 
 
 def test_defaults_without_environment() -> None:
@@ -40,3 +41,89 @@ def test_unknown_toml_keys_are_refused(tmp_path: Path) -> None:
     toml.write_text("lisen = 1\n")
     with pytest.raises(ValueError, match="lisen"):
         load_settings({"DERIVATIVES_CONFIG": str(toml)})
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"DERIVATIVES_PDF_DPI": "0"}, "DERIVATIVES_PDF_DPI: must be > 0 and <= 2400, got 0.0"),
+        ({"DERIVATIVES_PDF_DPI": "2401"}, "DERIVATIVES_PDF_DPI: must be > 0 and <= 2400, got 2401.0"),
+        ({"DERIVATIVES_PDF_DPI": "nan"}, "DERIVATIVES_PDF_DPI: must be a finite number, got nan"),
+        ({"DERIVATIVES_JOB_LEASE_SECONDS": "inf"}, "DERIVATIVES_JOB_LEASE_SECONDS: must be a finite number"),
+        ({"DERIVATIVES_BUNDLE_CACHE_BYTES": "-1"}, "DERIVATIVES_BUNDLE_CACHE_BYTES: must be >= 0, got -1"),
+        ({"DERIVATIVES_WORKERS": "-1"}, "DERIVATIVES_WORKERS: must be >= 0, got -1"),
+        (
+            {"DERIVATIVES_MAX_MESSAGE_BYTES": str(2**31)},
+            "DERIVATIVES_MAX_MESSAGE_BYTES: must be >= 1 and <= 2147483647",
+        ),
+        ({"DERIVATIVES_URL_EXPIRY": "604801"}, "DERIVATIVES_URL_EXPIRY: must be >= 1 and <= 604800"),
+        ({"DERIVATIVES_PDF_RENDER_DPI": "1201"}, "DERIVATIVES_PDF_RENDER_DPI: must be > 0 and <= 1200"),
+        ({"DERIVATIVES_HEALTH_INTERVAL": "0"}, "DERIVATIVES_HEALTH_INTERVAL: must be > 0"),
+        ({"DERIVATIVES_DB_POOL_SIZE": "0"}, "DERIVATIVES_DB_POOL_SIZE: must be >= 1"),
+        ({"DERIVATIVES_LISTEN": ""}, "DERIVATIVES_LISTEN: must be host:port"),
+        ({"DERIVATIVES_LISTEN": "localhost"}, "DERIVATIVES_LISTEN: must be host:port"),
+        ({"DERIVATIVES_LOG_LEVEL": "verbose"}, "DERIVATIVES_LOG_LEVEL: expected one of"),
+        ({"DERIVATIVES_PDF_DERIVATIVE": "Download-Medium"}, "DERIVATIVES_PDF_DERIVATIVE: must match"),
+        ({"DERIVATIVES_BUCKET_BUNDLES": "My_Bucket"}, "DERIVATIVES_BUCKET_BUNDLES: must match"),
+    ],
+)
+def test_out_of_range_values_name_the_variable_and_the_range(env: dict[str, str], expected: str) -> None:
+    with pytest.raises(ValueError) as info:
+        load_settings(env)
+    assert str(info.value).startswith(expected)
+
+
+def test_out_of_range_toml_values_are_refused_too(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text("pdf_dpi = nan\nworkers = -2\n")
+    with pytest.raises(ValueError) as info:
+        load_settings({"DERIVATIVES_CONFIG": str(toml)})
+    # Every problem is reported at once, each under its environment variable.
+    assert "DERIVATIVES_PDF_DPI: must be a finite number" in str(info.value)
+    assert "DERIVATIVES_WORKERS: must be >= 0, got -2" in str(info.value)
+
+
+def test_boundary_values_are_accepted() -> None:
+    settings = load_settings(
+        {
+            "DERIVATIVES_WORKERS": "0",
+            "DERIVATIVES_BUNDLE_CACHE_BYTES": "0",
+            "DERIVATIVES_SHUTDOWN_GRACE": "0",
+            "DERIVATIVES_URL_EXPIRY": "604800",
+            "DERIVATIVES_MAX_MESSAGE_BYTES": str(2**31 - 1),
+            "DERIVATIVES_PDF_DPI": "2400",
+            "DERIVATIVES_LISTEN": "[::]:0",
+            "DERIVATIVES_LOG_LEVEL": "debug",
+        }
+    )
+    assert (settings.workers, settings.url_expiry_seconds, settings.log_level) == (0, 604800, "debug")
+
+
+def test_pdf_render_dpi_loads_from_environment() -> None:
+    assert load_settings({}).pdf_render_dpi == 150.0
+    settings = load_settings({"DERIVATIVES_PDF_RENDER_DPI": "300"})
+    assert (settings.pdf_render_dpi, settings.pdf_dpi) == (300.0, 150.0)
+    assert settings.as_env()["DERIVATIVES_PDF_RENDER_DPI"] == "300.0"
+
+
+def test_every_rule_key_is_known() -> None:
+    # A misspelt rule ("min", "lt") would silently check nothing.
+    for f in dataclasses.fields(Settings):
+        assert set(f.metadata) <= {"env"} | RULE_KEYS, f.name
+
+
+def test_settings_or_exit_prints_one_line_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DERIVATIVES_PDF_DPI", "0")
+    monkeypatch.delenv("DERIVATIVES_CONFIG", raising=False)
+    with pytest.raises(SystemExit) as info:
+        settings_or_exit()
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("configuration error: DERIVATIVES_PDF_DPI: must be > 0")
+
+
+def test_storage_uses_the_same_bucket_rule() -> None:
+    from core import ids, storage
+
+    assert storage.BUCKET_NAME is ids.BUCKET_NAME

@@ -13,11 +13,19 @@ import pyvips
 from PIL import Image as PILImage
 
 from core.definitions import Definition, load_registry
+from core.plan import plan
+from core.records import Location, Member
 from tests import images
 from worker.imaging import Failed, Rendered, configure_vips, render_all
 
 MAX_PIXELS = 100_000_000
 REGISTRY = load_registry()
+
+
+def default_plan(content_type: str, width: int) -> list[Definition]:
+    """The built-in definitions the plan makes for an original of this type and width."""
+    original = Member(0, "a1", content_type, "0" * 128, width, Location("originals", "a1/x"))
+    return list(plan(REGISTRY, original).make)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -166,7 +174,7 @@ def check_rendered(result: Rendered | Failed, definition: Definition, width: int
 @pytest.mark.parametrize("kind", list(ORIGINALS))
 def test_default_set_makes_every_key_from_one_decode(kind: str, tmp_path: Path, out_dir: Path, spy: OpenSpy) -> None:
     original, content_type = make(tmp_path, kind)
-    plan = REGISTRY.plan(content_type, 3000, [], [])
+    plan = default_plan(content_type, 3000)
     assert len(plan) == (8 if content_type == "image/jpeg" else 9)  # JPEGs get no download_full
 
     results = render_all(original, content_type, plan, out_dir, MAX_PIXELS)
@@ -246,7 +254,7 @@ def test_exif_orientation_is_applied(tmp_path: Path, out_dir: Path) -> None:
 def test_max_pixels_guard_fails_before_decoding(tmp_path: Path, out_dir: Path, spy: OpenSpy) -> None:
     original = tmp_path / "big.jpg"
     original.write_bytes(images.jpeg(3000, 2000))
-    plan = REGISTRY.plan("image/jpeg", 3000, [], [])
+    plan = default_plan("image/jpeg", 3000)
     results = render_all(original, "image/jpeg", plan, out_dir, 5_999_999)
     assert results == [Failed(d.key, "original is 3000x2000 = 6000000 pixels, over the limit of 5999999") for d in plan]
     assert len(spy.opens(original)) == 1 and spy.decodes(original) == []
@@ -281,7 +289,7 @@ def test_bad_originals_fail_every_key_briefly(kind: str, tmp_path: Path, out_dir
     writer, reason = BAD_ORIGINALS[kind]
     original = tmp_path / "original"
     writer(original)
-    plan = REGISTRY.plan("image/tiff", 600, [], [])
+    plan = default_plan("image/tiff", 600)
     assert len(plan) >= 3
 
     results = render_all(original, "image/tiff", plan, out_dir, MAX_PIXELS)
@@ -333,7 +341,7 @@ def letter_pdf(path: Path) -> None:
 def test_pdf_first_page_thumbnails(tmp_path: Path, out_dir: Path) -> None:
     original = tmp_path / "doc.pdf"
     letter_pdf(original)
-    plan = REGISTRY.plan("application/pdf", 0, [], [])
+    plan = default_plan("application/pdf", 0)
     assert len(plan) == 6 and {d.transformer for d in plan} == {"pdf_page_jpeg"}
 
     results = render_all(original, "application/pdf", plan, out_dir, MAX_PIXELS)
@@ -387,7 +395,7 @@ def test_bad_pdfs_fail(kind: str, tmp_path: Path, out_dir: Path) -> None:
     writer, reason = BAD_PDFS[kind]
     original = tmp_path / "doc.pdf"
     writer(original)
-    plan = REGISTRY.plan("application/pdf", 0, [], [])
+    plan = default_plan("application/pdf", 0)
     results = render_all(original, "application/pdf", plan, out_dir, MAX_PIXELS)
     assert [r.key for r in results] == [d.key for d in plan]
     for result in results:

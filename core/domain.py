@@ -1,0 +1,70 @@
+"""The domain, built in one place from settings: what every role of a host works with."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from core.assets import Assets
+from core.bundles import Bundles
+from core.config import Settings
+from core.database import Database
+from core.definitions import Registry
+from core.derivatives import Derivatives
+from core.progress import ProgressHub
+from core.queue import PostgresQueue
+from core.storage import ObjectStorage, open_storage
+from core.works import Works
+
+log = logging.getLogger("derivatives.domain")
+
+
+@dataclass
+class Domain:
+    settings: Settings
+    db: Database
+    storage: ObjectStorage
+    registry: Registry
+    queue: PostgresQueue
+    assets: Assets
+    works: Works
+    derivatives: Derivatives
+    bundles: Bundles
+    hub: ProgressHub
+
+    @property
+    def buckets(self) -> tuple[str, ...]:
+        """Every bucket the service writes: the configured three and any a definition names."""
+        return tuple(dict.fromkeys(self.settings.buckets + self.registry.buckets()))
+
+    async def close(self) -> None:
+        await self.db.close()
+
+
+async def open_domain(settings: Settings, registry: Registry, database_url: str, name: str) -> Domain:
+    """Connect to Postgres (migrating it), open storage and wire every domain object.
+
+    `registry` is loaded by the caller before anything starts, so a bad definitions file
+    stops start-up early; `name` is the Postgres application_name of this process.
+    """
+    db = Database(database_url, max_size=settings.db_pool_size, name=name)
+    await db.open()
+    try:
+        await db.migrate()
+    except BaseException:
+        await db.close()
+        raise
+    storage = open_storage(settings)
+    queue = PostgresQueue(db, settings.job_lease_seconds)
+    return Domain(
+        settings=settings,
+        db=db,
+        storage=storage,
+        registry=registry,
+        queue=queue,
+        assets=Assets(db, storage, settings, registry, queue),
+        works=Works(db),
+        derivatives=Derivatives(db, storage, queue, settings.bucket_derivatives),
+        bundles=Bundles(db, storage, settings, registry, queue),
+        hub=ProgressHub(db, queue, settings.progress_heartbeat_seconds),
+    )

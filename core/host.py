@@ -1,0 +1,166 @@
+"""One host process: roles started in order around one domain, stopped in reverse.
+
+A role is one thing a process does: own the embedded Postgres, hold the domain, run
+periodic maintenance, run jobs, serve gRPC. `python -m server` and `python -m worker`
+differ only in their list of roles (worker/host.py and server/__main__.py); later
+roles (an HTTP face, a sweeper) are added to a list, not to a second start-up sequence.
+
+Start-up: each role's `start` in order; a role finds what earlier ones set up in the
+`HostContext` (the database URL, the domain). If one fails, those already started are
+stopped. Shutdown (SIGTERM/SIGINT, or `Host.stop`) runs in two steps:
+
+1. `drain(grace)` on every role at once: stop taking new work and let what is in
+   flight finish within the shared grace period (gRPC calls, job units);
+2. `stop()` on each role in reverse order: release what it holds (tasks, processes,
+   connections), so the domain outlives the roles that use it, and Postgres the domain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from core.config import Settings
+from core.definitions import Registry
+
+if TYPE_CHECKING:
+    from core.domain import Domain
+
+log = logging.getLogger("derivatives.host")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("pgserver", "pyvips"):  # they log every subprocess and deprecation at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def registry_or_exit(settings: Settings) -> Registry:
+    """The derivative definitions for a command's main(): a bad file prints one line and exits 2."""
+    import sys
+
+    from core.definitions import load_registry
+
+    try:
+        return load_registry(settings.definitions_file)
+    except (ValueError, OSError) as exc:
+        print(f"configuration error: DERIVATIVES_DEFINITIONS: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@dataclass
+class HostContext:
+    """What the roles of one process share; filled in as they start."""
+
+    settings: Settings
+    registry: Registry
+    # Postgres application_name of this process ("derivatives-server", "derivatives-worker").
+    name: str
+    database_url: str = ""
+    _domain: Domain | None = field(default=None, repr=False)
+
+    @property
+    def domain(self) -> Domain:
+        if self._domain is None:
+            raise RuntimeError("no domain yet: DomainRole must come before the roles that use it")
+        return self._domain
+
+    def provide(self, domain: Domain) -> None:
+        self._domain = domain
+
+
+class Role(Protocol):
+    name: str
+
+    async def start(self, ctx: HostContext) -> None: ...
+    async def drain(self, grace: float) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class EmbeddedPostgresRole:
+    """Owns the private Postgres (the pgserver wheel) when no DATABASE_URL is set."""
+
+    name = "embedded-postgres"
+
+    def __init__(self, data_dir: Path) -> None:
+        from core.database import EmbeddedPostgres
+
+        self.postgres = EmbeddedPostgres(data_dir)
+
+    async def start(self, ctx: HostContext) -> None:
+        ctx.database_url = await asyncio.to_thread(self.postgres.start)
+
+    async def drain(self, grace: float) -> None:
+        pass
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.postgres.stop)
+
+
+class DomainRole:
+    """Builds the domain (Postgres pool and migrations, storage, queue, ...) and closes it last."""
+
+    name = "domain"
+
+    def __init__(self) -> None:
+        self._domain: Domain | None = None
+
+    async def start(self, ctx: HostContext) -> None:
+        from core.domain import open_domain
+
+        url = ctx.database_url or ctx.settings.database_url
+        self._domain = await open_domain(ctx.settings, ctx.registry, url, ctx.name)
+        ctx.provide(self._domain)
+
+    async def drain(self, grace: float) -> None:
+        pass
+
+    async def stop(self) -> None:
+        if self._domain is not None:
+            await self._domain.close()
+
+
+class Host:
+    def __init__(self, settings: Settings, registry: Registry, roles: Sequence[Role], name: str) -> None:
+        self.ctx = HostContext(settings, registry, name)
+        self.roles = list(roles)
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Begin the shutdown sequence (what SIGTERM and SIGINT do)."""
+        self._stop.set()
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        started: list[Role] = []
+        try:
+            for role in self.roles:
+                await role.start(self.ctx)
+                started.append(role)
+            log.info("started: %s", ", ".join(r.name for r in started))
+            if ready is not None:
+                ready.set()
+            await self._stop.wait()
+        finally:
+            await self._shutdown(started)
+
+    async def _shutdown(self, started: list[Role]) -> None:
+        grace = self.ctx.settings.shutdown_grace_seconds
+        log.info("shutting down: in-flight work gets up to %.0fs", grace)
+        drains = await asyncio.gather(*(r.drain(grace) for r in reversed(started)), return_exceptions=True)
+        for role, result in zip(reversed(started), drains, strict=True):
+            if isinstance(result, BaseException):
+                log.error("draining %s failed: %s", role.name, result)
+        for role in reversed(started):
+            try:
+                await role.stop()
+            except Exception as exc:  # the rest must still stop
+                log.error("stopping %s failed: %s", role.name, exc)
+        log.info("stopped")

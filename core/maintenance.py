@@ -1,0 +1,69 @@
+"""Periodic maintenance, as a role: the bundle cache reaper and forgetting old jobs.
+
+Safe in any number of processes at once (every sweep uses SKIP LOCKED or deletes
+idempotently); `python -m server` and `python -m worker` both run it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+
+from core.domain import Domain
+from core.host import HostContext
+
+log = logging.getLogger("derivatives.maintenance")
+
+
+async def sweep(domain: Domain) -> None:
+    """One round: reap idle and over-budget bundles, prune jobs finished long ago."""
+    await domain.bundles.reap()
+    await domain.queue.prune()
+
+
+async def install_bundle_expiry(domain: Domain) -> None:
+    """On S3, a lifecycle rule on the bundle bucket backs up the reaper (it counts from creation, not access)."""
+    settings, storage = domain.settings, domain.storage
+    if storage.backend != "s3":
+        return
+    if settings.bucket_bundles in (settings.bucket_originals, settings.bucket_derivatives):
+        log.warning("bundle bucket is shared with other data: no lifecycle expiry installed")
+        return
+    days = max(1, math.ceil(settings.bundle_idle_seconds / 86400)) + 1
+    try:
+        await asyncio.to_thread(storage.ensure_buckets, (settings.bucket_bundles,))
+        await asyncio.to_thread(storage.expire_after, settings.bucket_bundles, days)
+        log.info("bundle bucket %s: objects expire %d days after creation (backstop)", settings.bucket_bundles, days)
+    except Exception as exc:
+        log.warning("could not install the bundle bucket lifecycle rule: %s", exc)
+
+
+class MaintenanceRole:
+    name = "maintenance"
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, ctx: HostContext) -> None:
+        domain = ctx.domain
+        await install_bundle_expiry(domain)
+        self._task = asyncio.create_task(self._loop(domain), name="maintenance")
+
+    async def _loop(self, domain: Domain) -> None:
+        while True:
+            try:
+                await sweep(domain)
+            except Exception as exc:  # the database or storage is away: next round
+                log.warning("maintenance: %s", exc)
+            await asyncio.sleep(domain.settings.bundle_reap_interval_seconds)
+
+    async def drain(self, grace: float) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def stop(self) -> None:
+        pass

@@ -1,0 +1,76 @@
+"""The gRPC face of a host, as a role: DerivativeService, health, reflection, the progress hub."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from core.host import HostContext
+from core.progress import ProgressHub
+from derivatives.v1 import derivatives_pb2, derivatives_pb2_grpc
+from server.health import HealthMonitor
+from server.service import DerivativeService
+
+log = logging.getLogger("derivatives.server")
+
+KEEPALIVE = [
+    # Long-lived WatchProgress streams: ping idle connections, tolerate client pings.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+class GrpcRole:
+    name = "grpc"
+
+    def __init__(self) -> None:
+        self.server: grpc.aio.Server | None = None
+        self.monitor: HealthMonitor | None = None
+        self.hub: ProgressHub | None = None
+
+    async def start(self, ctx: HostContext) -> None:
+        domain, settings = ctx.domain, ctx.settings
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                *KEEPALIVE,
+            ]
+        )
+        derivatives_pb2_grpc.add_DerivativeServiceServicer_to_server(DerivativeService(domain), server)
+        monitor = HealthMonitor(domain.db, domain.storage, domain.buckets, settings.health_interval_seconds)
+        health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
+        reflection.enable_server_reflection(
+            [
+                derivatives_pb2.DESCRIPTOR.services_by_name["DerivativeService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        if server.add_insecure_port(settings.listen) == 0:
+            raise SystemExit(f"cannot listen on {settings.listen}")
+        self.server, self.monitor, self.hub = server, monitor, domain.hub
+        await monitor.start()
+        domain.hub.start()
+        await server.start()
+        log.info(
+            "serving derivatives.v1.DerivativeService on %s (storage: %s)", settings.listen, domain.storage.backend
+        )
+
+    async def drain(self, grace: float) -> None:
+        """Health goes NOT_SERVING, new calls are refused, in-flight calls get `grace` seconds."""
+        if self.monitor is not None:
+            await self.monitor.shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+
+    async def stop(self) -> None:
+        if self.hub is not None:
+            await self.hub.stop()

@@ -1,0 +1,78 @@
+"""What a host process starts. Every process is a list of roles run by core.host.Host.
+
+- `python -m server` (`make run`): `background_roles` + the gRPC server (server/__main__.py);
+- `python -m worker` (a worker host): `background_roles` alone, with a shared DATABASE_URL.
+
+| role | module | when |
+| --- | --- | --- |
+| embedded Postgres owner | core/host.py `EmbeddedPostgresRole` | no DATABASE_URL |
+| the domain (pool, migrations, storage, queue, ...) | core/host.py `DomainRole`, core/domain.py | always |
+| maintenance (bundle reaper, job pruning, S3 lifecycle) | core/maintenance.py `MaintenanceRole` | always |
+| job runner and its process pool | worker/host.py `RunnerRole` | DERIVATIVES_WORKERS > 0 |
+| gRPC server, health, reflection, progress hub | server/grpc_role.py `GrpcRole` | server only |
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from core.config import Settings
+from core.host import DomainRole, EmbeddedPostgresRole, HostContext, Role
+from core.maintenance import MaintenanceRole
+from worker.bundle_job import BundleHandler
+from worker.derivatives_job import DerivativesHandler
+from worker.pool import WorkerPool
+from worker.render import Renderer
+from worker.runner import Runner
+
+
+class RunnerRole:
+    """The job runner with its process pool.
+
+    The pool is spawned and warmed when the role is made, before any event loop or gRPC
+    thread exists: neither gRPC nor libvips survives a fork, and a warm pool serves the
+    first job at once.
+    """
+
+    name = "runner"
+
+    def __init__(self, settings: Settings, processes: int) -> None:
+        self.pool = WorkerPool(settings, processes)
+        self.pool.warm()
+        self.runner: Runner | None = None
+        self.renderer: Renderer | None = None
+        self.bundle_handler: BundleHandler | None = None
+
+    async def start(self, ctx: HostContext) -> None:
+        d = ctx.domain
+        # More jobs than processes, so a long bundle build (mostly I/O) does not hold every
+        # derivative job back; the renderer's slots bound the CPU work.
+        max_jobs = 2 * self.pool.size
+        self.renderer = Renderer(d.assets, d.derivatives, d.registry, self.pool)
+        self.bundle_handler = BundleHandler(
+            d.bundles, d.derivatives, d.storage, d.settings, d.registry, self.renderer, max_jobs
+        )
+        self.runner = Runner(d.queue, d.db.url, [DerivativesHandler(self.renderer), self.bundle_handler], max_jobs)
+        self.runner.start()
+
+    async def drain(self, grace: float) -> None:
+        if self.runner is not None:
+            await self.runner.stop(grace)
+
+    async def stop(self) -> None:
+        if self.bundle_handler is not None:
+            self.bundle_handler.close()
+        await asyncio.to_thread(self.pool.shutdown)
+        if self.renderer is not None:
+            await self.renderer.drain_cleanups()
+
+
+def background_roles(settings: Settings, workers: int) -> list[Role]:
+    """Everything but serving: Postgres (if embedded), the domain, maintenance, the runner (if workers)."""
+    roles: list[Role] = []
+    if not settings.database_url:
+        roles.append(EmbeddedPostgresRole(settings.data_path))
+    roles += [DomainRole(), MaintenanceRole()]
+    if workers > 0:
+        roles.append(RunnerRole(settings, workers))
+    return roles
