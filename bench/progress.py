@@ -482,14 +482,16 @@ def fmt_p(values: list[float], qs: tuple[int, ...]) -> list[str]:
 def conversion_cost(n: int = 20_000) -> float:
     """Seconds per message for the per-watcher work that is pure CPU: convert.progress_event + serialization."""
     import datetime as dt
+    import uuid
 
     from core.progress import Update
+    from core.records import ProgressEvent, Stage
     from server import convert
 
-    row = {"seq": 42, "stage": "running", "done": 17, "total": 160, "at": dt.datetime.now(dt.UTC)}
+    event = ProgressEvent(uuid.uuid4(), seq=42, stage=Stage.RUNNING, done=17, total=160, at=dt.datetime.now(dt.UTC))
     start = time.perf_counter()
     for _ in range(n):
-        convert.progress_event(Update(row)).SerializeToString()
+        convert.progress_event(Update(event)).SerializeToString()
     return (time.perf_counter() - start) / n
 
 

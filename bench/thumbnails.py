@@ -67,6 +67,9 @@ if TYPE_CHECKING:
     import pyvips
 
     from client.client import Client
+    from core.definitions import Definition
+    from core.derivatives import Failed, Made
+    from core.records import Asset
     from tests.harness import ServerProcess
 
 WIDTH, HEIGHT = 6000, 4000
@@ -105,6 +108,15 @@ class Original:
     @property
     def kind(self) -> str:
         return "JPEG" if self.content_type == "image/jpeg" else "TIFF"
+
+    # What core.plan.plan asks of an original (its `Original` protocol).
+    @property
+    def asset_id(self) -> str:
+        return f"bench-{self.path.stem}-{self.kind.lower()}"
+
+    @property
+    def width(self) -> int:
+        return WIDTH
 
 
 def synthetic_image(seed: int) -> pyvips.Image:
@@ -236,7 +248,8 @@ def vipsthumbnail_cli(src: str, content_type: str, dst: str) -> float:
 def render_all_thumbnail(src: str, content_type: str, dst: str) -> float:
     """The service's imaging code (header read, one decode, colour handling, sha512) on a local file."""
     from core.definitions import Definition
-    from worker.imaging import Failed, render_all
+    from core.derivatives import Failed
+    from worker.imaging import render_all
 
     definition = Definition(key=THUMB_KEY, content_types=("image",), max_width=THUMB_WIDTH, thumbnail_mode=True)
     out_dir = Path(dst + ".d")
@@ -251,7 +264,7 @@ def render_all_thumbnail(src: str, content_type: str, dst: str) -> float:
     return elapsed
 
 
-def timed_worker_task(asset: dict[str, Any], definitions: list[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
+def timed_worker_task(asset: Asset, definitions: tuple[Definition, ...]) -> tuple[float, list[Made | Failed]]:
     """worker.tasks.make_derivatives in a process set up by tasks.init_process, as the server's pool is."""
     from worker import tasks
 
@@ -260,12 +273,12 @@ def timed_worker_task(asset: dict[str, Any], definitions: list[dict[str, Any]]) 
     return time.perf_counter() - start, results
 
 
-def time_render_all(src: str, content_type: str, definitions: list[dict[str, Any]]) -> tuple[float, list[str]]:
+def time_render_all(src: str, content_type: str, definitions: tuple[Definition, ...]) -> tuple[float, list[str]]:
     """Seconds for one render_all call, and what was wrong with its output."""
-    from core.definitions import Definition
-    from worker.imaging import Failed, render_all
+    from core.derivatives import Failed
+    from worker.imaging import render_all
 
-    defs = [Definition.from_dict(d) for d in definitions]
+    defs = list(definitions)
     with tempfile.TemporaryDirectory(prefix="bench-decode-", dir=WORK) as tmp:
         start = time.perf_counter()
         results = render_all(Path(src), content_type, defs, Path(tmp), MAX_PIXELS)
@@ -396,20 +409,30 @@ class Service:
             problems += check_size(f"{asset_id} {THUMB_KEY}", made[0].width, made[0].height)
         return problems
 
-    def stored_assets(self) -> list[dict[str, Any]]:
-        """The worker task's input for each asset, as the runner builds it."""
+    def stored_assets(self) -> list[Asset]:
+        """The worker task's input for each asset: the stored asset, as the runner reads it (no failures)."""
+        import datetime as dt
+
+        from core.records import Asset, Location
         from derivatives.v1 import derivatives_pb2 as pb
 
         out = []
         for asset_id in self.asset_ids:
             asset = self.client.stub.GetAsset(pb.GetAssetRequest(asset_id=asset_id))
             out.append(
-                {
-                    "asset_id": asset_id,
-                    "bucket": asset.original.bucket,
-                    "object_key": asset.original.key,
-                    "content_type": asset.content_type,
-                }
+                Asset(
+                    asset_id=asset.asset_id,
+                    content_type=asset.content_type,
+                    size_bytes=asset.size_bytes,
+                    sha512=asset.sha512,
+                    width=asset.width,
+                    height=asset.height,
+                    filename=asset.filename,
+                    original=Location(asset.original.bucket, asset.original.key),
+                    failures=(),
+                    created_at=asset.created_at.ToDatetime(tzinfo=dt.UTC),
+                    updated_at=asset.updated_at.ToDatetime(tzinfo=dt.UTC),
+                )
             )
         return out
 
@@ -419,9 +442,9 @@ class WorkerTaskLoop:
     """Diagnostic: the service's worker task alone, on the server's own storage."""
 
     executor: Executor
-    assets: list[dict[str, Any]]
-    definitions: list[dict[str, Any]]
-    results: list[list[dict[str, Any]]] = field(default_factory=list)
+    assets: list[Asset]
+    definitions: tuple[Definition, ...]
+    results: list[list[Made | Failed]] = field(default_factory=list)
     name: str = "worker_task"
     label: str = "  diag: worker task only (storage in/out + render_all; no gRPC/Postgres)"
     baseline: bool = False
@@ -432,17 +455,19 @@ class WorkerTaskLoop:
         timed = list(self.executor.map(timed_worker_task, self.assets, [self.definitions] * n, timeout=run_timeout(n)))
         elapsed = time.perf_counter() - start
         self.results = [r for _, r in timed]
-        kinds = ["JPEG" if a["content_type"] == "image/jpeg" else "TIFF" for a in self.assets]
+        kinds = ["JPEG" if a.content_type == "image/jpeg" else "TIFF" for a in self.assets]
         return elapsed, [(k, s) for k, (s, _) in zip(kinds, timed, strict=True)]
 
     def check(self) -> list[str]:
+        from core.derivatives import Failed
+
         problems = []
         for asset, results in zip(self.assets, self.results, strict=True):
             for r in results:
-                if "failed" in r:
-                    problems.append(f"{asset['asset_id']}: {r['failed']}")
+                if isinstance(r, Failed):
+                    problems.append(f"{asset.asset_id} {r.key}: {r.reason}")
                 else:
-                    problems += check_size(f"{asset['asset_id']} {r['key']}", r["width"], r["height"])
+                    problems += check_size(f"{asset.asset_id} {r.key}", r.width, r.height)
         return problems
 
 
@@ -469,16 +494,16 @@ def running_service(originals: list[Original], service_dir: Path) -> Iterator[Se
 
 def upload_all(client: Client, originals: list[Original]) -> list[str]:
     """UploadOriginal (streamed: a 72 MB TIFF is over PutAsset's 64 MiB message limit)."""
-    files = [(f"bench-{o.path.stem}-{o.kind.lower()}", o.path, o.content_type) for o in originals]
+    files = [(o.asset_id, o.path, o.content_type) for o in originals]
     return upload_files(client, files, "originals")
 
 
-def thumb_definition(definitions_path: Path) -> list[dict[str, Any]]:
+def thumb_definition(definitions_path: Path) -> tuple[Definition, ...]:
     from core.definitions import load_registry
 
     definition = load_registry(str(definitions_path)).resolve(THUMB_KEY, "image/jpeg")
     assert definition is not None
-    return [definition.as_dict()]
+    return (definition,)
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -554,6 +579,7 @@ def decode_cases(kind: str, keys: list[str], largest: str) -> list[tuple[str, li
 def measure_one_decode(originals: list[Original], reps: int) -> tuple[list[DecodeCase], list[str]]:
     """Sets of sizes vs one size alone, interleaved, in one process with VIPS_CONCURRENCY=2, cache off."""
     from core.definitions import load_registry
+    from core.plan import plan as plan_for
 
     registry = load_registry()
     out: list[DecodeCase] = []
@@ -563,14 +589,14 @@ def measure_one_decode(originals: list[Original], reps: int) -> tuple[list[Decod
             original = next((o for o in originals if o.kind == kind), None)
             if original is None:
                 continue
-            plan = {d.key: d.as_dict() for d in registry.plan(original.content_type, WIDTH, [], [])}
-            largest = max(plan.values(), key=lambda d: int(d["max_width"]) or WIDTH)["key"]
-            cases = decode_cases(kind, list(plan), str(largest))
+            plan = {d.key: d for d in plan_for(registry, original).make}
+            largest = max(plan.values(), key=lambda d: d.max_width or WIDTH).key
+            cases = decode_cases(kind, list(plan), largest)
             key_sets = list(dict.fromkeys(ks for _, keys, alone in cases for ks in (tuple(keys), (alone,))))
             times: dict[tuple[str, ...], list[float]] = {ks: [] for ks in key_sets}
             for _ in range(reps):
                 for ks in key_sets:
-                    defs = [plan[k] for k in ks]
+                    defs = tuple(plan[k] for k in ks)
                     future = pool.submit(time_render_all, str(original.path), original.content_type, defs)
                     seconds, wrong = future.result(timeout=300)
                     times[ks].append(seconds)
@@ -829,7 +855,7 @@ def markdown_section(report: Report) -> str:
 
 
 def default_sets(report: Report) -> list[tuple[str, list[str]]]:
-    first = {}
+    first: dict[str, list[str]] = {}
     for case in report.one_decode:
         first.setdefault(case.kind, case.keys)  # the first case of each original is its whole default set
     return list(first.items())

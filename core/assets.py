@@ -134,14 +134,14 @@ class Assets:
                 if row is None:  # created concurrently since our lock attempt: replace it instead
                     current = await self.db.fetchone("lock_asset", conn, asset_id=values["asset_id"])
             if current is not None:
-                if current["sha512"] == values["sha512"] and current["content_type"] == values["content_type"]:
+                if (current["sha512"], current["content_type"]) == (values["sha512"], values["content_type"]):
                     # Same bytes again: keep the stored original and its derivatives.
-                    garbage.append(Location(values["bucket"], values["object_key"]))
+                    garbage.append(Location.from_row(values))
                     return Asset.from_row(current)
                 old = await self.db.fetchall("delete_derivatives_of_asset", conn, asset_id=values["asset_id"])
                 row = await self.db.fetchone("replace_original", conn, **values)
-                garbage.append(Location(current["bucket"], current["object_key"]))
-                garbage.extend(Location(d["bucket"], d["object_key"]) for d in old)
+                garbage.append(Location.from_row(current))
+                garbage.extend(Location.from_row(d) for d in old)
             assert row is not None
             asset = Asset.from_row(row)
             if not skip_derivatives:  # queued in this transaction: it exists iff the new original does
@@ -179,8 +179,8 @@ class Assets:
             old = await self.db.fetchall("delete_derivatives_of_asset", conn, asset_id=asset_id)
             await self.db.execute("delete_asset", conn, asset_id=asset_id)
             garbage = [
-                Location(asset["bucket"], asset["object_key"]),
-                *(Location(d["bucket"], d["object_key"]) for d in old),
+                Location.from_row(asset),
+                *(Location.from_row(d) for d in old),
             ]
         await self.delete_objects(garbage)
 

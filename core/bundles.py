@@ -221,7 +221,7 @@ class Bundles:
             gone += await self.db.fetchall("reap_over_budget", budget_bytes=self.settings.bundle_cache_bytes)
         # The same inputs give the same key: a bundle claimed again since must keep its object.
         unused = [
-            Location(r["bucket"], r["object_key"])
+            Location.from_row(r)
             for r in gone
             if await self.db.fetchone("bundle_object_in_use", bucket=r["bucket"], object_key=r["object_key"]) is None
         ]

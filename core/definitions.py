@@ -105,7 +105,7 @@ class Registry:
 def validate(definition: Definition, transformers: set[str]) -> list[str]:
     problems = []
     if not DERIVATIVE_KEY.fullmatch(definition.key):
-        problems.append("key must match [a-z0-9][a-z0-9_]{0,63}")
+        problems.append(f"key must match {DERIVATIVE_KEY.pattern}")
     if definition.transformer not in transformers:
         problems.append(f"unknown transformer {definition.transformer!r}")
     if definition.max_width < 0:

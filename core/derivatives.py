@@ -214,7 +214,7 @@ class Derivatives:
             row = await self.db.fetchone("delete_derivative", conn, asset_id=asset_id, key=key)
             if row is None:
                 raise NotFound(f"asset {asset_id!r} has no derivative {key!r}")
-        await self.delete_objects([Location(row["bucket"], row["object_key"])])
+        await self.delete_objects([Location.from_row(row)])
 
     async def delete_objects(self, locations: Iterable[Location]) -> None:
         await delete_quietly(self.storage, locations)

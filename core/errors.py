@@ -19,10 +19,6 @@ class Unavailable(DomainError):
     """A dependency (Postgres, storage) cannot be reached; the call may be retried."""
 
 
-class ResourceExhausted(DomainError):
-    pass
-
-
 class InvalidArgument(DomainError):
     """Bad input, with one (field, description) pair per problem."""
 

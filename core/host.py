@@ -20,16 +20,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from core.config import Settings
-from core.definitions import Registry
-
-if TYPE_CHECKING:
-    from core.domain import Domain
+from core.database import EmbeddedPostgres
+from core.definitions import Registry, load_registry
+from core.domain import Domain, open_domain
 
 log = logging.getLogger("derivatives.host")
 
@@ -42,10 +42,6 @@ def configure_logging(level: str) -> None:
 
 def registry_or_exit(settings: Settings) -> Registry:
     """The derivative definitions for a command's main(): a bad file prints one line and exits 2."""
-    import sys
-
-    from core.definitions import load_registry
-
     try:
         return load_registry(settings.definitions_file)
     except (ValueError, OSError) as exc:
@@ -88,8 +84,6 @@ class EmbeddedPostgresRole:
     name = "embedded-postgres"
 
     def __init__(self, data_dir: Path) -> None:
-        from core.database import EmbeddedPostgres
-
         self.postgres = EmbeddedPostgres(data_dir)
 
     async def start(self, ctx: HostContext) -> None:
@@ -111,8 +105,6 @@ class DomainRole:
         self._domain: Domain | None = None
 
     async def start(self, ctx: HostContext) -> None:
-        from core.domain import open_domain
-
         url = ctx.database_url or ctx.settings.database_url
         self._domain = await open_domain(ctx.settings, ctx.registry, url, ctx.name)
         ctx.provide(self._domain)

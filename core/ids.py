@@ -18,7 +18,7 @@ def check_caller_id(value: str, field: str, violations: list[tuple[str, str]]) -
     if not value:
         violations.append((field, "required"))
     elif not CALLER_ID.fullmatch(value):
-        violations.append((field, "must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}"))
+        violations.append((field, f"must match {CALLER_ID.pattern}"))
 
 
 def check_caller_ids(values: list[str], field: str, violations: list[tuple[str, str]], most: int = 20) -> None:
@@ -33,7 +33,7 @@ def check_key(value: str, field: str, violations: list[tuple[str, str]]) -> None
     if not value:
         violations.append((field, "required"))
     elif not DERIVATIVE_KEY.fullmatch(value):
-        violations.append((field, "must match [a-z0-9][a-z0-9_]{0,63}"))
+        violations.append((field, f"must match {DERIVATIVE_KEY.pattern}"))
 
 
 def check_text(value: str, field: str, violations: list[tuple[str, str]], limit: int = 4096) -> None:

@@ -97,9 +97,8 @@ class Spooled:
 class Spooler:
     """Writes chunks to a file while hashing them: one pass, constant memory."""
 
-    def __init__(self, path: Path, max_bytes: int | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.max_bytes = max_bytes
         self._fh: BinaryIO = open(path, "wb")
         self._hash = hashlib.sha512()
         self._size = 0
@@ -107,8 +106,6 @@ class Spooler:
 
     def write(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        if self.max_bytes is not None and self._size > self.max_bytes:
-            raise InvalidArgument.one("data", f"upload exceeds the limit of {self.max_bytes} bytes")
         if len(self._head) < 64:
             self._head += chunk[: 64 - len(self._head)]
         self._hash.update(chunk)
@@ -138,8 +135,8 @@ def spool_stream(stream: BinaryIO | Iterable[bytes], path: Path, chunk: int = 10
     return spooler.finish()
 
 
-async def spool_async(chunks: AsyncIterable[bytes], path: Path, max_bytes: int | None = None) -> Spooled:
-    spooler = Spooler(path, max_bytes)
+async def spool_async(chunks: AsyncIterable[bytes], path: Path) -> Spooled:
+    spooler = Spooler(path)
     try:
         async for part in chunks:
             if len(part) >= 64 * 1024:  # hashing and writing a big chunk would stall the event loop

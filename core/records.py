@@ -67,6 +67,11 @@ class Location:
     bucket: str
     key: str
 
+    @classmethod
+    def from_row(cls, row: Row) -> Location:
+        """The object a row's `bucket` and `object_key` columns name."""
+        return cls(row["bucket"], row["object_key"])
+
 
 @dataclass(frozen=True)
 class DerivativeFailure:
@@ -102,7 +107,7 @@ class Asset:
             width=row["width"],
             height=row["height"],
             filename=row["filename"],
-            original=Location(row["bucket"], row["object_key"]),
+            original=Location.from_row(row),
             failures=tuple(
                 DerivativeFailure(
                     key=key,
@@ -141,7 +146,7 @@ class Derivative:
             height=row["height"],
             sha512=row["sha512"],
             original_sha512=row["original_sha512"],
-            location=Location(row["bucket"], row["object_key"]),
+            location=Location.from_row(row),
             metadata={str(k): str(v) for k, v in (row["metadata"] or {}).items()},
             created_at=row["created_at"],
         )
@@ -199,7 +204,7 @@ class Member:
             content_type=row["content_type"],
             sha512=row["sha512"],
             width=row["width"],
-            original=Location(row["bucket"], row["object_key"]),
+            original=Location.from_row(row),
         )
 
 
@@ -355,7 +360,7 @@ class Bundle:
             checksum=row["checksum"],
             status=BundleStatus(row["status"]),
             job_id=row["job_id"],
-            location=Location(row["bucket"], row["object_key"]),
+            location=Location.from_row(row),
             size_bytes=row["size_bytes"],
             filename=row["filename"],
             error=row["error"],

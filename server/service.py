@@ -31,7 +31,7 @@ MAX_ASSETS_PER_JOB = 10_000
 MAX_PAGE = 10_000
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 # The request paths of the domain's fields, for the streamed uploads' header-then-chunks messages.
-UPLOAD_FIELDS = {"content_type": "header.content_type", "data": "chunk"}
+UPLOAD_FIELDS = {"content_type": "header.content_type"}
 
 
 class DerivativeService(pb_grpc.DerivativeServiceServicer):

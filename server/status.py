@@ -19,7 +19,6 @@ from core.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
     Unavailable,
 )
 
@@ -29,7 +28,6 @@ _CODES: list[tuple[type[DomainError], int]] = [
     (InvalidArgument, code_pb2.INVALID_ARGUMENT),
     (NotFound, code_pb2.NOT_FOUND),
     (FailedPrecondition, code_pb2.FAILED_PRECONDITION),
-    (ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
     (Unavailable, code_pb2.UNAVAILABLE),
 ]
 

@@ -83,9 +83,6 @@ ON CONFLICT (work_id) DO UPDATE
 SET title = EXCLUDED.title, creator = EXCLUDED.creator, url = EXCLUDED.url, updated_at = now()
 RETURNING *;
 
--- name: lock_work
-SELECT * FROM works WHERE work_id = %(work_id)s FOR UPDATE;
-
 -- name: delete_work_members
 DELETE FROM work_members WHERE work_id = %(work_id)s;
 

@@ -364,6 +364,16 @@ def test_pdf_full_size_is_150_dpi(tmp_path: Path, out_dir: Path) -> None:
     assert isinstance(thumb, Rendered) and (thumb.width, thumb.height) == (54, 70)
 
 
+def test_pdf_render_dpi_sets_the_full_size(tmp_path: Path, out_dir: Path) -> None:
+    """DERIVATIVES_PDF_RENDER_DPI: a letter page (612 x 792 pt) at 300 dpi is 2550 px wide; thumbnails keep theirs."""
+    original = tmp_path / "doc.pdf"
+    letter_pdf(original)
+    definitions = [Definition("page", transformer="pdf_page_jpeg"), Definition("thumb", "pdf_page_jpeg", max_width=54)]
+    page, thumb = render_all(original, "application/pdf", definitions, out_dir, MAX_PIXELS, render_dpi=300)
+    assert isinstance(page, Rendered) and (page.width, page.height) == (2550, 3300)
+    assert isinstance(thumb, Rendered) and (thumb.width, thumb.height) == (54, 70)
+
+
 def truncated_pdf(path: Path) -> None:
     letter_pdf(path)
     path.write_bytes(path.read_bytes()[:300])
