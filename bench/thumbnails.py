@@ -745,7 +745,7 @@ def breakdown(report: Report) -> list[str]:
 
 
 PER_ASSET_PATH = (
-    "Per asset, the service's runner (`worker/runner.py`) holds one of its 4 slots (two per pool process, so a "
+    "Per asset, the service's renderer (`worker/render.py`) holds one of its 4 slots (two per pool process, so a "
     "process has the next asset while the last one's results are attached) through: a Postgres read of the "
     "asset; the task handed to a pool process, which reads a filesystem original in place (a remote one is "
     "downloaded first), runs `render_all` and stores the thumbnail; then an attach transaction (row lock, upsert), "

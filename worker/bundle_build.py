@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from core.bundles import Inputs, MemberUnavailable, member_source, title_words
@@ -37,34 +38,36 @@ log = logging.getLogger("derivatives.bundle_build")
 OPEN_ATTEMPTS = 3
 
 
+@dataclass(frozen=True)
+class Tools:
+    """What every build uses: made once by the bundle handler."""
+
+    storage: ObjectStorage
+    settings: Settings
+    registry: Registry
+    derivatives: Derivatives
+    renderer: Renderer
+    # Threads that produce and upload the bytes.
+    writers: Executor
+    # Members located ahead of the writer.
+    prefetch: int
+
+
 class BundleBuild:
     """One build of one bundle: run() streams it into storage and returns its size in bytes."""
 
-    def __init__(
-        self,
-        bundle: Bundle,
-        inputs: Inputs,
-        ctx: JobContext,
-        *,
-        storage: ObjectStorage,
-        settings: Settings,
-        registry: Registry,
-        derivatives: Derivatives,
-        renderer: Renderer,
-        writers: Executor,
-        prefetch: int,
-    ) -> None:
+    def __init__(self, bundle: Bundle, inputs: Inputs, ctx: JobContext, tools: Tools) -> None:
         self.bundle = bundle
         self.work = inputs.work
         self.members = inputs.members
         self.ctx = ctx
-        self.storage = storage
-        self.settings = settings
-        self.registry = registry
-        self.derivatives = derivatives
-        self.renderer = renderer
-        self.writers = writers
-        self.prefetch = max(1, prefetch)
+        self.storage = tools.storage
+        self.settings = tools.settings
+        self.registry = tools.registry
+        self.derivatives = tools.derivatives
+        self.renderer = tools.renderer
+        self.writers = tools.writers
+        self.prefetch = max(1, tools.prefetch)
         self.loop = asyncio.get_running_loop()
         self._located: dict[int, asyncio.Task[Location]] = {}  # member index -> its JPEG, being looked up
         self._done = 0

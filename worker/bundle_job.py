@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from core.bundles import Bundles, MemberUnavailable
-from core.config import Settings
-from core.definitions import Registry
-from core.derivatives import Derivatives
+from core.bundles import MemberUnavailable
+from core.domain import Domain
 from core.records import BundlePayload, Job, JobKind
-from core.storage import ObjectStorage
-from worker.bundle_build import BundleBuild
+from worker.bundle_build import BundleBuild, Tools
 from worker.job import JobContext, PermanentFailure
 from worker.render import Renderer
 
@@ -18,26 +15,20 @@ from worker.render import Renderer
 class BundleHandler:
     kind = JobKind.BUILD_BUNDLE
 
-    def __init__(
-        self,
-        bundles: Bundles,
-        derivatives: Derivatives,
-        storage: ObjectStorage,
-        settings: Settings,
-        registry: Registry,
-        renderer: Renderer,
-        max_builds: int,
-    ) -> None:
-        self.bundles = bundles
-        self.derivatives = derivatives
-        self.storage = storage
-        self.settings = settings
-        self.registry = registry
-        self.renderer = renderer
-        self.prefetch = 2 * renderer.pool.size
+    def __init__(self, domain: Domain, renderer: Renderer, max_builds: int) -> None:
+        self.bundles = domain.bundles
         # Bundle writers stream for minutes: their own threads, so they never starve asyncio.to_thread
         # (health probes, uploads), and at most max_builds of them run.
         self.writers = ThreadPoolExecutor(max_workers=max_builds, thread_name_prefix="bundle-writer")
+        self.tools = Tools(
+            storage=domain.storage,
+            settings=domain.settings,
+            registry=domain.registry,
+            derivatives=domain.derivatives,
+            renderer=renderer,
+            writers=self.writers,
+            prefetch=2 * renderer.pool.size,
+        )
 
     async def run(self, ctx: JobContext) -> None:
         payload = ctx.job.payload
@@ -48,20 +39,8 @@ class BundleHandler:
             raise PermanentFailure("the work changed since this bundle was requested; request it again")
         if not inputs.members:
             raise PermanentFailure("the work has no members")
-        build = BundleBuild(
-            bundle,
-            inputs,
-            ctx,
-            storage=self.storage,
-            settings=self.settings,
-            registry=self.registry,
-            derivatives=self.derivatives,
-            renderer=self.renderer,
-            writers=self.writers,
-            prefetch=self.prefetch,
-        )
         try:
-            size = await build.run()
+            size = await BundleBuild(bundle, inputs, ctx, self.tools).run()
         except MemberUnavailable as exc:
             raise PermanentFailure(str(exc)) from None
         # Fenced: a builder that lost its lease (or whose bundle was restarted) changes nothing.

@@ -49,9 +49,7 @@ class RunnerRole:
         # derivative job back; the renderer's slots bound the CPU work.
         max_jobs = 2 * self.pool.size
         self.renderer = Renderer(d.assets, d.derivatives, d.registry, self.pool)
-        self.bundle_handler = BundleHandler(
-            d.bundles, d.derivatives, d.storage, d.settings, d.registry, self.renderer, max_jobs
-        )
+        self.bundle_handler = BundleHandler(d, self.renderer, max_jobs)
         self.runner = Runner(d.queue, d.db.url, [DerivativesHandler(self.renderer), self.bundle_handler], max_jobs)
         self.runner.start()
 
