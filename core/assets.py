@@ -42,12 +42,11 @@ class Assets:
         self.settings = settings
         self.registry = registry
         self.queue = queue
+        # Uploads are spooled here; made on first use, so a host that takes no uploads needs no writable disk.
         self.tmp_dir = settings.data_path / "tmp"
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self._sweep_tmp()
 
-    def _sweep_tmp(self, older_than: float = 3600.0) -> None:
-        """Uploads left by a crash or a cancelled call (spooled files live only for one request)."""
+    def sweep_tmp(self, older_than: float = 3600.0) -> None:
+        """Delete uploads left by a crash or a cancelled call (spooled files live only for one request)."""
         cutoff = time.time() - older_than
         for path in self.tmp_dir.glob("upload-*"):
             with contextlib.suppress(OSError):
@@ -55,6 +54,7 @@ class Assets:
                     path.unlink()
 
     def temp_path(self) -> Path:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-")
         os.close(fd)
         return Path(name)

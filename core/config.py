@@ -18,16 +18,18 @@ from typing import Any
 
 from core.ids import BUCKET_NAME, DERIVATIVE_KEY
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")
 # Metadata keys of a Settings field that state a rule (besides "env").
 RULE_KEYS = frozenset({"gt", "ge", "le", "pattern", "choices", "ignore_case", "check"})
 
 
 def _host_port(value: str) -> str | None:
-    """A gRPC listen address: non-empty host, colon, port 0-65535 (0 picks a free port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        return f"must be host:port (port 0-65535), got {value!r}"
+    """A gRPC listen address: [host]:port with port 0-65535 (0 picks a free port), or unix:PATH."""
+    if value.startswith(("unix:", "unix-abstract:")) and value.split(":", 1)[1]:
+        return None
+    _host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        return f"must be host:port (port 0-65535) or unix:PATH, got {value!r}"
     return None
 
 

@@ -6,12 +6,13 @@ differ only in their list of roles (worker/host.py and server/__main__.py); late
 roles (an HTTP face, a sweeper) are added to a list, not to a second start-up sequence.
 
 Start-up: each role's `start` in order; a role finds what earlier ones set up in the
-`HostContext` (the database URL, the domain). If one fails, those already started are
-stopped. Shutdown (SIGTERM/SIGINT, or `Host.stop`) runs in two steps:
+`HostContext` (the database URL, the domain). If one fails, the ones started (it
+included) are drained and every role is stopped: `stop` must work in any state.
+Shutdown (SIGTERM/SIGINT, or `Host.stop`) runs in two steps:
 
 1. `drain(grace)` on every role at once: stop taking new work and let what is in
    flight finish within the shared grace period (gRPC calls, job units);
-2. `stop()` on each role in reverse order: release what it holds (tasks, processes,
+2. `stop()` on each role in reverse order, started or not: release what it holds (tasks, processes,
    connections), so the domain outlives the roles that use it, and Postgres the domain.
 """
 
@@ -131,11 +132,11 @@ class Host:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        started: list[Role] = []
+        started: list[Role] = []  # a role that fails half-way is stopped too: stop() takes any state
         try:
             for role in self.roles:
-                await role.start(self.ctx)
                 started.append(role)
+                await role.start(self.ctx)
             log.info("started: %s", ", ".join(r.name for r in started))
             if ready is not None:
                 ready.set()
@@ -150,7 +151,8 @@ class Host:
         for role, result in zip(reversed(started), drains, strict=True):
             if isinstance(result, BaseException):
                 log.error("draining %s failed: %s", role.name, result)
-        for role in reversed(started):
+        # Every role, started or not: a role may hold resources from before start (the runner's pool).
+        for role in reversed(self.roles):
             try:
                 await role.stop()
             except Exception as exc:  # the rest must still stop

@@ -308,13 +308,16 @@ class S3Storage:
             yield io.BytesIO(b"")
             return
         if offset and response.status != 206:
-            # An endpoint that ignored the Range header sent the whole object: its bytes would be
-            # mislabelled as starting at `offset`.
-            response.close()
-            response.release_conn()
-            raise StorageUnavailable(
-                f"object storage ignored the range request for {bucket}/{key} (HTTP {response.status})"
-            )
+            # An endpoint that ignored the Range header sent the whole object: skip to `offset` here
+            # (slow, but right) rather than hand out bytes labelled with the wrong offsets.
+            log.warning("object storage ignored a range request for %s/%s; skipping %d bytes", bucket, key, offset)
+            try:
+                with self._errors(bucket, key):
+                    _discard(response, offset)  # type: ignore[arg-type]  # urllib3 response: readable
+            except BaseException:
+                response.close()
+                response.release_conn()
+                raise
         try:
             # Reading happens in the caller: a dropped connection mid-body is an outage too.
             with self._errors(bucket, key):
@@ -371,6 +374,14 @@ class S3Storage:
         )
         with self._errors(bucket):
             self.client.set_bucket_lifecycle(bucket, LifecycleConfig([rule]))
+
+
+def _discard(stream: BinaryIO, count: int) -> None:
+    while count > 0:
+        block = stream.read(min(CHUNK, count))
+        if not block:
+            return
+        count -= len(block)
 
 
 def _check_offset(offset: int) -> None:

@@ -13,7 +13,7 @@ import asyncio
 from core.config import settings_or_exit
 from core.host import Host, configure_logging, registry_or_exit
 from server.grpc_role import GrpcRole
-from worker.host import background_roles
+from worker.host import base_roles, runner_roles
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
     configure_logging(settings.log_level)
     registry = registry_or_exit(settings)  # a bad file stops start-up, before anything runs
     # The roles are made here, before the event loop: the runner's pool is spawned now.
-    roles = [*background_roles(settings, settings.workers), GrpcRole()]
+    roles = [*base_roles(settings), GrpcRole(), *runner_roles(settings, settings.workers)]
     asyncio.run(Host(settings, registry, roles, name="derivatives-server").run())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -30,7 +31,7 @@ class GrpcRole:
     name = "grpc"
 
     def __init__(self) -> None:
-        self.server: grpc.aio.Server | None = None
+        self.server: grpc.aio.Server | None = None  # set once started
         self.monitor: HealthMonitor | None = None
         self.hub: ProgressHub | None = None
 
@@ -56,10 +57,13 @@ class GrpcRole:
         )
         if server.add_insecure_port(settings.listen) == 0:
             raise SystemExit(f"cannot listen on {settings.listen}")
-        self.server, self.monitor, self.hub = server, monitor, domain.hub
-        await monitor.start()
+        await asyncio.to_thread(domain.assets.sweep_tmp)  # this process takes the uploads
+        self.monitor = monitor
+        await monitor.start()  # the first probe also creates the buckets
+        self.hub = domain.hub
         domain.hub.start()
         await server.start()
+        self.server = server
         log.info(
             "serving derivatives.v1.DerivativeService on %s (storage: %s)", settings.listen, domain.storage.backend
         )

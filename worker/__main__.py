@@ -7,7 +7,7 @@ import sys
 
 from core.config import settings_or_exit
 from core.host import Host, configure_logging, registry_or_exit
-from worker.host import background_roles
+from worker.host import base_roles, runner_roles
 
 
 def main() -> None:
@@ -17,7 +17,7 @@ def main() -> None:
         raise SystemExit(2)
     configure_logging(settings.log_level)
     registry = registry_or_exit(settings)
-    roles = background_roles(settings, max(1, settings.workers))
+    roles = [*base_roles(settings), *runner_roles(settings, max(1, settings.workers))]
     asyncio.run(Host(settings, registry, roles, name="derivatives-worker").run())
 
 

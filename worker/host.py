@@ -1,7 +1,7 @@
 """What a host process starts. Every process is a list of roles run by core.host.Host.
 
-- `python -m server` (`make run`): `background_roles` + the gRPC server (server/__main__.py);
-- `python -m worker` (a worker host): `background_roles` alone, with a shared DATABASE_URL.
+- `python -m server` (`make run`): `base_roles`, the gRPC server, `runner_roles` (server/__main__.py);
+- `python -m worker` (a worker host): `base_roles`, `runner_roles`, with a shared DATABASE_URL.
 
 | role | module | when |
 | --- | --- | --- |
@@ -65,12 +65,17 @@ class RunnerRole:
             await self.renderer.drain_cleanups()
 
 
-def background_roles(settings: Settings, workers: int) -> list[Role]:
-    """Everything but serving: Postgres (if embedded), the domain, maintenance, the runner (if workers)."""
+def base_roles(settings: Settings) -> list[Role]:
+    """What every host runs first: Postgres (if embedded), the domain, maintenance."""
     roles: list[Role] = []
     if not settings.database_url:
         roles.append(EmbeddedPostgresRole(settings.data_path))
-    roles += [DomainRole(), MaintenanceRole()]
-    if workers > 0:
-        roles.append(RunnerRole(settings, workers))
-    return roles
+    return [*roles, DomainRole(), MaintenanceRole()]
+
+
+def runner_roles(settings: Settings, workers: int) -> list[Role]:
+    """The job runner, last: a server claims jobs only once it serves (its port bound, its buckets ensured).
+
+    Made here, in main(), so its pool is spawned before the event loop and any gRPC thread.
+    """
+    return [RunnerRole(settings, workers)] if workers > 0 else []

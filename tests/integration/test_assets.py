@@ -109,6 +109,18 @@ def test_upload_original_checks_expected_sha_and_stores_nothing(stub, server: Se
     assert objects(server, server.settings.bucket_originals, f"{asset_id}/") == []
 
 
+def test_upload_original_names_the_header_field_of_a_wrong_content_type(stub) -> None:  # type: ignore[no-untyped-def]
+    """Core says `content_type`; a streamed upload carries it in its header, and the error says so."""
+    header = pb.UploadOriginalHeader(asset_id=new_id(), content_type="image/png")
+    err = expect_error(
+        INVALID,
+        stub.UploadOriginal,
+        iter([pb.UploadOriginalRequest(header=header), pb.UploadOriginalRequest(chunk=images.jpeg(50, 50))]),
+    )
+    assert "declared image/png but the bytes are image/jpeg" in field_violations(err)["header.content_type"]
+    assert err.details().startswith("header.content_type: ")
+
+
 def test_upload_original_needs_a_header_first(stub) -> None:  # type: ignore[no-untyped-def]
     err = expect_error(INVALID, stub.UploadOriginal, iter([pb.UploadOriginalRequest(chunk=b"abc")]))
     assert "header" in field_violations(err)

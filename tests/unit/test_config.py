@@ -99,6 +99,16 @@ def test_boundary_values_are_accepted() -> None:
     assert (settings.workers, settings.url_expiry_seconds, settings.log_level) == (0, 604800, "debug")
 
 
+@pytest.mark.parametrize("listen", ["unix:/tmp/derivatives.sock", "unix-abstract:derivatives", ":50051", "[::1]:50051"])
+def test_every_grpc_address_form_is_accepted(listen: str) -> None:
+    assert load_settings({"DERIVATIVES_LISTEN": listen}).listen == listen
+
+
+@pytest.mark.parametrize("level", ["WARN", "fatal", "Warning"])
+def test_logging_level_aliases_are_accepted(level: str) -> None:
+    assert load_settings({"DERIVATIVES_LOG_LEVEL": level}).log_level == level
+
+
 def test_pdf_render_dpi_loads_from_environment() -> None:
     assert load_settings({}).pdf_render_dpi == 150.0
     settings = load_settings({"DERIVATIVES_PDF_RENDER_DPI": "300"})
