@@ -19,6 +19,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from core.bundles import StoredInputs
 from core.config import Settings
 from core.database import Database, Row
 from core.definitions import Registry
@@ -35,8 +36,15 @@ log = logging.getLogger("derivatives.assets")
 
 class Assets:
     def __init__(
-        self, db: Database, storage: ObjectStorage, settings: Settings, registry: Registry, queue: JobQueue
+        self,
+        db: Database,
+        storage: ObjectStorage,
+        settings: Settings,
+        registry: Registry,
+        queue: JobQueue,
+        stored_inputs: StoredInputs,
     ) -> None:
+        self.stored_inputs = stored_inputs
         self.db = db
         self.storage = storage
         self.settings = settings
@@ -142,6 +150,8 @@ class Assets:
                 row = await self.db.fetchone("replace_original", conn, **values)
                 garbage.append(Location.from_row(current))
                 garbage.extend(Location.from_row(d) for d in old)
+                # The works it belongs to have new bundle inputs, visible when this commits.
+                await self.stored_inputs.refresh_works_of(conn, values["asset_id"])
             assert row is not None
             asset = Asset.from_row(row)
             if not skip_derivatives:  # queued in this transaction: it exists iff the new original does
@@ -154,13 +164,12 @@ class Assets:
         return Asset.from_row(row) if row is not None else None
 
     async def get(self, asset_id: str) -> AssetView:
-        """The asset, its derivatives, and whether every derivative the plan expects exists."""
-        async with self.db.connection() as conn:
-            row = await self.db.fetchone("get_asset", conn, asset_id=asset_id)
-            if row is None:
-                raise NotFound(f"asset {asset_id!r} not found")
-            rows = await self.db.fetchall("list_derivatives", conn, asset_id=asset_id)
-        asset, derivatives = Asset.from_row(row), tuple(Derivative.from_row(r) for r in rows)
+        """The asset, its derivatives (one round trip), and whether every derivative the plan expects exists."""
+        row = await self.db.fetchone("get_asset_with_derivatives", asset_id=asset_id)
+        if row is None:
+            raise NotFound(f"asset {asset_id!r} not found")
+        asset = Asset.from_row(row)
+        derivatives = tuple(Derivative.from_json(d) for d in row["derivatives"])
         return AssetView(asset, derivatives, derivatives_created(self.registry, asset, (d.key for d in derivatives)))
 
     async def list_ids(self, after: str, limit: int) -> list[str]:

@@ -14,13 +14,14 @@ owner, so a builder that lost its lease cannot mark the bundle.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
 import re
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from core.config import Settings
@@ -36,6 +37,8 @@ log = logging.getLogger("derivatives.bundles")
 
 # Bump when the layout of a bundle changes, so every cached bundle is rebuilt.
 FORMAT_VERSION = 1
+# Bundles whose stored object a process remembers having seen.
+STORED_CACHE_SIZE = 100_000
 
 
 class MemberUnavailable(Exception):
@@ -91,6 +94,78 @@ def checksum(work: Work, members: tuple[Member, ...], kind: BundleKind, registry
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def fingerprint(registry: Registry, settings: Settings) -> str:
+    """Everything besides a work's own rows that shapes its bundles' checksum (and so its bundles)."""
+    config = {
+        "format": FORMAT_VERSION,
+        "institution": settings.institution,
+        "pdf_dpi": settings.pdf_dpi,
+        "pdf_derivative": settings.pdf_derivative_key,
+        "zip_derivative": settings.zip_derivative_key,
+        "definitions": [repr(d) for d in registry.sorted_definitions()],
+    }
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class StoredInputs:
+    """The inputs checksum of each work's bundles, stored and kept current as the inputs change.
+
+    Refreshed in the transaction that changes an input (PutWork; a member's original replaced),
+    under the work's row lock, so a read after that commit sees the new checksum and two writers
+    of one work's inputs never interleave. Rows computed under another configuration (another
+    fingerprint) are recomputed on use.
+    """
+
+    def __init__(self, db: Database, registry: Registry, settings: Settings) -> None:
+        self.db = db
+        self.registry = registry
+        self.settings = settings
+        self.fingerprint = fingerprint(registry, settings)
+
+    async def read(self, conn: Conn, work_id: str, kind: BundleKind) -> Inputs | None:
+        row = await self.db.fetchone("get_work", conn, work_id=work_id)
+        if row is None:
+            return None
+        members = tuple(
+            Member.from_row(r) for r in await self.db.fetchall("work_members_with_assets", conn, work_id=work_id)
+        )
+        work = Work.from_row(row, [m.asset_id for m in members])
+        return Inputs(work, members, checksum(work, members, kind, self.registry, self.settings))
+
+    async def refresh(self, conn: Conn, work_id: str) -> None:
+        """Recompute and store the work's checksums (call with the work's row locked, in the changing transaction)."""
+        for kind in BundleKind:
+            inputs = await self.read(conn, work_id, kind)
+            if inputs is not None:
+                await self.store(conn, inputs, kind)
+
+    async def store(self, conn: Conn | None, inputs: Inputs, kind: BundleKind) -> None:
+        await self.db.execute(
+            "upsert_bundle_inputs",
+            conn,
+            work_id=inputs.work.work_id,
+            kind=kind.value,
+            checksum=inputs.checksum,
+            fingerprint=self.fingerprint,
+        )
+
+    async def refresh_works_of(self, conn: Conn, asset_id: str) -> None:
+        """An asset's original changed: refresh every work it is a member of (locking them, in id order)."""
+        for row in await self.db.fetchall("lock_works_of_asset", conn, asset_id=asset_id):
+            await self.refresh(conn, row["work_id"])
+
+    async def backfill(self, batch: int = 500) -> int:
+        """Store the checksums of works that have none under this configuration; returns how many were done."""
+        rows = await self.db.fetchall(
+            "works_without_inputs", fingerprint=self.fingerprint, kinds=len(BundleKind), limit=batch
+        )
+        for row in rows:
+            async with self.db.transaction() as conn:
+                if await self.db.fetchone("lock_work", conn, work_id=row["work_id"]) is not None:
+                    await self.refresh(conn, row["work_id"])
+        return len(rows)
+
+
 def title_words(title: str, limit: int = 25) -> str:
     words = re.findall(r"[a-z0-9]+", title.lower())[:3]
     return "_".join(words)[:limit].strip("_") or "work"
@@ -102,27 +177,33 @@ def filename(work: Work, kind: BundleKind) -> str:
 
 class Bundles:
     def __init__(
-        self, db: Database, storage: ObjectStorage, settings: Settings, registry: Registry, queue: JobQueue
+        self,
+        db: Database,
+        storage: ObjectStorage,
+        settings: Settings,
+        registry: Registry,
+        queue: JobQueue,
+        stored_inputs: StoredInputs,
     ) -> None:
         self.db = db
         self.storage = storage
         self.settings = settings
         self.registry = registry
         self.queue = queue
+        self.stored_inputs = stored_inputs
+        self.flush_seconds = settings.bundle_access_flush_seconds
+        # Bundles this process saw stored, and until when it trusts that without asking storage again.
+        self._stored_until: OrderedDict[uuid.UUID, float] = OrderedDict()
 
     # --- reading ------------------------------------------------------------------------------
 
     async def inputs(self, work_id: str, kind: BundleKind) -> Inputs:
         """The work, its members (with their assets) and the checksum of what a bundle would hold."""
         async with self.db.connection() as conn:
-            row = await self.db.fetchone("get_work", conn, work_id=work_id)
-            if row is None:
-                raise NotFound(f"work {work_id!r} not found")
-            members = tuple(
-                Member.from_row(r) for r in await self.db.fetchall("work_members_with_assets", conn, work_id=work_id)
-            )
-        work = Work.from_row(row, [m.asset_id for m in members])
-        return Inputs(work, members, checksum(work, members, kind, self.registry, self.settings))
+            inputs = await self.stored_inputs.read(conn, work_id, kind)
+        if inputs is None:
+            raise NotFound(f"work {work_id!r} not found")
+        return inputs
 
     async def get(self, bundle_id: uuid.UUID) -> Bundle:
         row = await self.db.fetchone("get_bundle", bundle_id=bundle_id)
@@ -145,31 +226,45 @@ class Bundles:
             raise FailedPrecondition(f"bundle {bundle_id} is {bundle.status.value}; watch it until it succeeds")
         info = await asyncio.to_thread(self.storage.stat, bundle.location.bucket, bundle.location.key)
         if info is None:
+            self._stored_until.pop(bundle_id, None)
             raise FailedPrecondition(f"bundle {bundle_id} is no longer stored; call FindOrCreateBundle to rebuild it")
         if offset > info.size:
             raise InvalidArgument.one("offset", f"past the end of the bundle ({info.size} bytes)")
-        await self.db.execute("touch_bundle", bundle_id=bundle_id)
+        if not await self._touch(bundle):
+            raise NotFound(f"bundle {bundle_id} not found")
         return bundle, info.size
 
     # --- state changes ------------------------------------------------------------------------
 
     async def find_or_create(self, work_id: str, kind: BundleKind) -> Bundle:
-        """The bundle of the work's current inputs: stored, being built, or claimed for a build now."""
+        """The bundle of the work's current inputs: stored, being built, or claimed for a build now.
+
+        A cache hit is one indexed read (the stored inputs checksum joined to its bundle) and, at
+        most once per flush interval, a write of the access.
+        """
+        hot = await self.db.fetchone("hot_bundle", work_id=work_id, kind=kind.value)
+        if hot is not None and hot["fingerprint"] == self.stored_inputs.fingerprint and hot["bundle_id"] is not None:
+            found = Bundle.from_row(hot)
+            # A touch that finds no row: reaped this instant; claim it anew below.
+            if found.status is BundleStatus.SUCCESS and await self._stored(found) and await self._touch(found):
+                return found
+        return await self._find_or_claim(work_id, kind)
+
+    async def _find_or_claim(self, work_id: str, kind: BundleKind) -> Bundle:
         inputs = await self.inputs(work_id, kind)
         if not inputs.members:
             raise FailedPrecondition(f"work {work_id!r} has no members")
+        await self.stored_inputs.store(None, inputs, kind)  # first use, or computed under another configuration
         where = dict(work_id=work_id, kind=kind.value, checksum=inputs.checksum)
         row = await self.db.fetchone("find_bundle", **where)
         # Storage is asked here, never while the row lock below is held.
         missing: uuid.UUID | None = None  # a SUCCESS bundle whose object we found gone
         if row is not None and row["status"] == BundleStatus.SUCCESS:
             current = Bundle.from_row(row)
-            if await self._stored(current):
-                await self.db.execute("touch_bundle", bundle_id=current.bundle_id)
-                with contextlib.suppress(NotFound):  # reaped this instant: claim it anew below
-                    return await self.get(current.bundle_id)
-            else:
+            if not await self._stored(current):
                 missing = current.bundle_id
+            elif await self._touch(current):
+                return current
         async with self.db.transaction() as conn:
             locked = await self.db.fetchone("lock_bundle", conn, **where)
             if locked is None:
@@ -216,9 +311,15 @@ class Bundles:
 
     async def reap(self) -> int:
         """Delete idle bundles and, over the size budget, the least recently used; returns how many."""
-        gone = await self.db.fetchall("reap_idle_bundles", idle_seconds=self.settings.bundle_idle_seconds)
+        # Spare what was accessed within twice the flush interval: its access may not be written yet.
+        recent = 2 * self.flush_seconds
+        gone = await self.db.fetchall(
+            "reap_idle_bundles", idle_seconds=self.settings.bundle_idle_seconds, recent_seconds=recent
+        )
         if self.settings.bundle_cache_bytes > 0:
-            gone += await self.db.fetchall("reap_over_budget", budget_bytes=self.settings.bundle_cache_bytes)
+            gone += await self.db.fetchall(
+                "reap_over_budget", budget_bytes=self.settings.bundle_cache_bytes, recent_seconds=recent
+            )
         # The same inputs give the same key: a bundle claimed again since must keep its object.
         unused = [
             Location.from_row(r)
@@ -245,8 +346,31 @@ class Bundles:
             return age.total_seconds() >= self.settings.bundle_error_retry_seconds
         return False
 
+    async def _touch(self, bundle: Bundle) -> bool:
+        """Record an access, unless the stored one is younger than the flush interval (no write then).
+
+        False when the row is gone (reaped since it was read). A bundle accessed within the interval
+        cannot have been reaped: the reaper spares twice that.
+        """
+        age = dt.datetime.now(dt.UTC) - bundle.last_accessed_at
+        if age.total_seconds() < self.flush_seconds:
+            return True
+        return await self.db.fetchone("touch_bundle", bundle_id=bundle.bundle_id) is not None
+
     async def _stored(self, bundle: Bundle) -> bool:
-        return await asyncio.to_thread(self.storage.stat, bundle.location.bucket, bundle.location.key) is not None
+        """Whether the bundle's object exists; a positive answer is trusted for the flush interval."""
+        now = time.monotonic()
+        if self._stored_until.get(bundle.bundle_id, 0.0) > now:
+            return True
+        stored = await asyncio.to_thread(self.storage.stat, bundle.location.bucket, bundle.location.key) is not None
+        if stored and self.flush_seconds > 0:
+            self._stored_until[bundle.bundle_id] = now + self.flush_seconds
+            self._stored_until.move_to_end(bundle.bundle_id)
+            while len(self._stored_until) > STORED_CACHE_SIZE:
+                self._stored_until.popitem(last=False)
+        else:
+            self._stored_until.pop(bundle.bundle_id, None)
+        return stored
 
     async def _get_in(self, conn: Conn, bundle_id: uuid.UUID) -> Bundle:
         row = await self.db.fetchone("get_bundle", conn, bundle_id=bundle_id)

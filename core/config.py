@@ -106,6 +106,12 @@ class Settings:
     )
     # A failed bundle is rebuilt on request once its error is this old.
     bundle_error_retry_seconds: float = field(default=60.0, metadata={"env": "DERIVATIVES_BUNDLE_ERROR_RETRY", "ge": 0})
+    # A bundle's access is written at most once per this many seconds (a cache hit touched more recently
+    # writes nothing), and the reaper spares bundles accessed within twice this. Also how long a process
+    # trusts that a built bundle's object is still stored before it asks storage again.
+    bundle_access_flush_seconds: float = field(
+        default=5.0, metadata={"env": "DERIVATIVES_BUNDLE_ACCESS_FLUSH", "ge": 0, "le": 3600}
+    )
     # Postgres connection pool size.
     db_pool_size: int = field(default=10, metadata={"env": "DERIVATIVES_DB_POOL_SIZE", "ge": 1})
     log_level: str = field(

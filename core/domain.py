@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 
 from core.assets import Assets
-from core.bundles import Bundles
+from core.bundles import Bundles, StoredInputs
 from core.config import Settings
 from core.database import Database
 from core.definitions import Registry
 from core.derivatives import Derivatives
 from core.progress import ProgressHub
 from core.queue import PostgresQueue
-from core.storage import ObjectStorage, open_storage
+from core.storage import ObjectStorage, UrlSigner, open_storage
 from core.works import Works
 
 log = logging.getLogger("derivatives.domain")
@@ -31,6 +32,7 @@ class Domain:
     derivatives: Derivatives
     bundles: Bundles
     hub: ProgressHub
+    urls: UrlSigner
 
     @property
     def buckets(self) -> tuple[str, ...]:
@@ -56,15 +58,17 @@ async def open_domain(settings: Settings, registry: Registry, database_url: str,
         raise
     storage = open_storage(settings)
     queue = PostgresQueue(db, settings.job_lease_seconds)
+    stored_inputs = StoredInputs(db, registry, settings)
     return Domain(
         settings=settings,
         db=db,
         storage=storage,
         registry=registry,
         queue=queue,
-        assets=Assets(db, storage, settings, registry, queue),
-        works=Works(db),
+        assets=Assets(db, storage, settings, registry, queue, stored_inputs),
+        works=Works(db, stored_inputs),
         derivatives=Derivatives(db, storage, queue, settings.bucket_derivatives),
-        bundles=Bundles(db, storage, settings, registry, queue),
+        bundles=Bundles(db, storage, settings, registry, queue, stored_inputs),
         hub=ProgressHub(db, queue, settings.progress_heartbeat_seconds),
+        urls=UrlSigner(storage, dt.timedelta(seconds=settings.url_expiry_seconds)),
     )

@@ -18,9 +18,11 @@ log = logging.getLogger("derivatives.maintenance")
 
 
 async def sweep(domain: Domain) -> None:
-    """One round: reap idle and over-budget bundles, prune jobs finished long ago."""
+    """One round: reap idle and over-budget bundles, prune jobs finished long ago, and store the
+    bundle inputs of works that have none under this configuration (a batch a round)."""
     await domain.bundles.reap()
     await domain.queue.prune()
+    await domain.bundles.stored_inputs.backfill()
 
 
 async def install_bundle_expiry(domain: Domain) -> None:

@@ -151,6 +151,11 @@ class Derivative:
             created_at=row["created_at"],
         )
 
+    @classmethod
+    def from_json(cls, data: Row) -> Derivative:
+        """From a row that Postgres turned into JSON (json_agg): timestamps arrive as ISO 8601 text."""
+        return cls.from_row({**data, "created_at": dt.datetime.fromisoformat(data["created_at"])})
+
 
 @dataclass(frozen=True)
 class AssetView:

@@ -15,6 +15,7 @@ import os
 import shutil
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -374,6 +375,39 @@ class S3Storage:
         )
         with self._errors(bucket):
             self.client.set_bucket_lifecycle(bucket, LifecycleConfig([rule]))
+
+
+@dataclass(frozen=True)
+class SignedUrl:
+    url: str  # empty where storage has no URLs (the filesystem backend)
+    expires_at: dt.datetime | None
+
+
+class UrlSigner:
+    """Presigned download URLs, made without a network call (the region is configured) and reused
+    while more than half of their lifetime is left, in a bounded cache keyed by object and filename."""
+
+    def __init__(self, storage: ObjectStorage, lifetime: dt.timedelta, size: int = 50_000) -> None:
+        self.storage = storage
+        self.lifetime = lifetime
+        self.size = size
+        self._cache: OrderedDict[tuple[str, str, str], SignedUrl] = OrderedDict()
+
+    def sign(self, location: Location, filename: str) -> SignedUrl:
+        key = (location.bucket, location.key, filename)
+        now = dt.datetime.now(dt.UTC)
+        cached = self._cache.get(key)
+        if cached is not None and cached.expires_at is not None and cached.expires_at - now > self.lifetime / 2:
+            self._cache.move_to_end(key)
+            return cached
+        url = self.storage.presign(location.bucket, location.key, expires=self.lifetime, filename=filename)
+        signed = SignedUrl(url, now + self.lifetime if url else None)
+        if url:
+            self._cache[key] = signed
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        return signed
 
 
 def _discard(stream: BinaryIO, count: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
+from core.bundles import StoredInputs
 from core.database import Database
 from core.errors import NotFound
 from core.records import Work
@@ -12,15 +13,16 @@ MAX_MEMBERS = 100_000
 
 
 class Works:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, stored_inputs: StoredInputs) -> None:
         self.db = db
+        self.stored_inputs = stored_inputs
 
     async def put(self, work_id: str, title: str, member_asset_ids: list[str], creator: str, url: str) -> Work:
         try:
             async with self.db.transaction() as conn:
                 existing = {
                     r["asset_id"]
-                    for r in await self.db.fetchall("existing_asset_ids", conn, asset_ids=list(set(member_asset_ids)))
+                    for r in await self.db.fetchall("lock_member_assets", conn, asset_ids=list(set(member_asset_ids)))
                 }
                 missing = sorted(set(member_asset_ids) - existing)
                 if missing:
@@ -33,6 +35,7 @@ class Works:
                 await self.db.execute("delete_work_members", conn, work_id=work_id)
                 if member_asset_ids:
                     await self.db.execute("insert_work_members", conn, work_id=work_id, asset_ids=member_asset_ids)
+                await self.stored_inputs.refresh(conn, work_id)  # under the work's row lock, in this transaction
         except psycopg.errors.ForeignKeyViolation:
             raise NotFound("a member asset was deleted while the work was being saved") from None
         return Work.from_row(work, member_asset_ids)

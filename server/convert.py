@@ -11,7 +11,7 @@ from core.definitions import Definition
 from core.media import EXTENSIONS
 from core.progress import Update
 from core.records import AssetView, Bundle, BundleKind, BundleStatus, Derivative, Job, JobKind, Stage, Work
-from core.storage import ObjectStorage
+from core.storage import UrlSigner
 from derivatives.v1 import derivatives_pb2 as pb
 
 
@@ -27,8 +27,9 @@ def derivative_filename(asset_id: str, key: str, content_type: str) -> str:
     return f"{asset_id}_{key}.{EXTENSIONS.get(content_type, 'bin')}"
 
 
-def derivative(d: Derivative, storage: ObjectStorage, url_expiry: dt.timedelta) -> pb.Derivative:
+def derivative(d: Derivative, urls: UrlSigner) -> pb.Derivative:
     filename = derivative_filename(d.asset_id, d.key, d.content_type)
+    signed = urls.sign(d.location, filename)
     return pb.Derivative(
         asset_id=d.asset_id,
         key=d.key,
@@ -40,13 +41,14 @@ def derivative(d: Derivative, storage: ObjectStorage, url_expiry: dt.timedelta) 
         original_sha512=d.original_sha512,
         created_at=ts(d.created_at),
         location=pb.StorageRef(bucket=d.location.bucket, key=d.location.key),
-        url=storage.presign(d.location.bucket, d.location.key, expires=url_expiry, filename=filename),
+        url=signed.url,
+        url_expires_at=ts(signed.expires_at),
         filename=filename,
         metadata=d.metadata,
     )
 
 
-def asset(view: AssetView, storage: ObjectStorage, url_expiry: dt.timedelta) -> pb.Asset:
+def asset(view: AssetView, urls: UrlSigner) -> pb.Asset:
     a = view.asset
     return pb.Asset(
         asset_id=a.asset_id,
@@ -60,7 +62,7 @@ def asset(view: AssetView, storage: ObjectStorage, url_expiry: dt.timedelta) -> 
         created_at=ts(a.created_at),
         updated_at=ts(a.updated_at),
         derivatives_created=view.derivatives_created,
-        derivatives=[derivative(d, storage, url_expiry) for d in view.derivatives],
+        derivatives=[derivative(d, urls) for d in view.derivatives],
         derivative_failures=[
             pb.DerivativeFailure(key=f.key, reason=f.reason, failed_at=ts(f.failed_at)) for f in a.failures
         ],
@@ -133,12 +135,8 @@ def progress_event(update: Update) -> pb.ProgressEvent:
     return event
 
 
-def bundle(b: Bundle, storage: ObjectStorage, url_expiry: dt.timedelta) -> pb.Bundle:
-    url, expires = "", None
-    if b.status is BundleStatus.SUCCESS:
-        url = storage.presign(b.location.bucket, b.location.key, expires=url_expiry, filename=b.filename)
-        if url:
-            expires = ts(dt.datetime.now(dt.UTC) + url_expiry)
+def bundle(b: Bundle, urls: UrlSigner) -> pb.Bundle:
+    signed = urls.sign(b.location, b.filename) if b.status is BundleStatus.SUCCESS else None
     return pb.Bundle(
         bundle_id=str(b.bundle_id),
         work_id=b.work_id,
@@ -150,8 +148,8 @@ def bundle(b: Bundle, storage: ObjectStorage, url_expiry: dt.timedelta) -> pb.Bu
         checksum=b.checksum,
         size_bytes=b.size_bytes,
         filename=b.filename,
-        url=url,
-        url_expires_at=expires,
+        url=signed.url if signed else "",
+        url_expires_at=ts(signed.expires_at) if signed else None,
         error=b.error or "",
         created_at=ts(b.created_at),
         updated_at=ts(b.updated_at),

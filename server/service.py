@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -37,12 +36,11 @@ UPLOAD_FIELDS = {"content_type": "header.content_type"}
 class DerivativeService(pb_grpc.DerivativeServiceServicer):
     def __init__(self, domain: Domain) -> None:
         self.d = domain
-        self.url_expiry = dt.timedelta(seconds=domain.settings.url_expiry_seconds)
         # Watchers of one target ask for the same rows at once: one query serves them all.
         self._reads: SingleFlight[Any] = SingleFlight()
 
     def _asset(self, view: AssetView) -> pb.Asset:
-        return convert.asset(view, self.d.storage, self.url_expiry)
+        return convert.asset(view, self.d.urls)
 
     # --- assets -------------------------------------------------------------------------------
 
@@ -207,7 +205,7 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         derivative = await self.d.derivatives.update(
             header.asset_id, header.key, header.content_type, spooled, dict(header.metadata), sha
         )
-        return convert.derivative(derivative, self.d.storage, self.url_expiry)
+        return convert.derivative(derivative, self.d.urls)
 
     @unary
     async def RemoveDerivative(self, request: pb.RemoveDerivativeRequest, context: Context) -> empty_pb2.Empty:
@@ -273,7 +271,7 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
             yield pb.ReadBundleResponse(chunk=chunk, offset=offset, total_size=size)
 
     def _bundle(self, bundle: Bundle) -> pb.Bundle:
-        return convert.bundle(bundle, self.d.storage, self.url_expiry)
+        return convert.bundle(bundle, self.d.urls)
 
 
 async def _header_and_chunks(messages: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[bytes]]:

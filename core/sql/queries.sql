@@ -34,6 +34,13 @@ SELECT DISTINCT work_id FROM work_members WHERE asset_id = %(asset_id)s ORDER BY
 -- name: list_derivatives
 SELECT * FROM derivatives WHERE asset_id = %(asset_id)s ORDER BY key;
 
+-- name: get_asset_with_derivatives
+-- GetAsset in one round trip: the asset row and its derivatives as a JSON array.
+SELECT a.*, COALESCE(
+    (SELECT json_agg(d ORDER BY d.key) FROM derivatives d WHERE d.asset_id = a.asset_id), '[]'::json
+) AS derivatives
+FROM assets a WHERE a.asset_id = %(asset_id)s;
+
 -- name: get_derivative
 SELECT * FROM derivatives WHERE asset_id = %(asset_id)s AND key = %(key)s;
 
@@ -96,6 +103,11 @@ SELECT asset_id FROM work_members WHERE work_id = %(work_id)s ORDER BY position;
 
 -- name: existing_asset_ids
 SELECT asset_id FROM assets WHERE asset_id = ANY(%(asset_ids)s::text[]);
+
+-- name: lock_member_assets
+-- PutWork locks its members (KEY SHARE, as the foreign keys would) before the work: assets are always
+-- locked before works, so PutWork and a member's PutAsset never deadlock.
+SELECT asset_id FROM assets WHERE asset_id = ANY(%(asset_ids)s::text[]) ORDER BY asset_id FOR KEY SHARE;
 
 -- name: insert_job
 INSERT INTO jobs (job_id, kind, payload, total)
@@ -210,7 +222,41 @@ WHERE bundle_id = %(bundle_id)s;
 UPDATE bundles SET job_id = %(job_id)s WHERE bundle_id = %(bundle_id)s;
 
 -- name: touch_bundle
-UPDATE bundles SET last_accessed_at = now() WHERE bundle_id = %(bundle_id)s;
+-- Callers skip it while the stored access is younger than the flush interval (core/bundles.py).
+UPDATE bundles SET last_accessed_at = now() WHERE bundle_id = %(bundle_id)s RETURNING bundle_id;
+
+-- name: hot_bundle
+-- A cache hit in one indexed read: the work's stored inputs checksum and the bundle built from it.
+SELECT i.checksum AS inputs_checksum, i.fingerprint, b.*, j.stage, j.done, j.total, j.seq
+FROM bundle_inputs i
+LEFT JOIN bundles b ON b.work_id = i.work_id AND b.kind = i.kind AND b.checksum = i.checksum
+LEFT JOIN jobs j ON j.job_id = b.job_id
+WHERE i.work_id = %(work_id)s AND i.kind = %(kind)s;
+
+-- name: upsert_bundle_inputs
+INSERT INTO bundle_inputs (work_id, kind, checksum, fingerprint)
+VALUES (%(work_id)s, %(kind)s, %(checksum)s, %(fingerprint)s)
+ON CONFLICT (work_id, kind) DO UPDATE
+SET checksum = EXCLUDED.checksum, fingerprint = EXCLUDED.fingerprint, updated_at = now();
+
+-- name: lock_work
+SELECT work_id FROM works WHERE work_id = %(work_id)s FOR UPDATE;
+
+-- name: lock_works_of_asset
+-- Serializes every refresh of a work's inputs checksum (assets are always locked before works).
+SELECT work_id FROM works
+WHERE work_id IN (SELECT work_id FROM work_members WHERE asset_id = %(asset_id)s)
+ORDER BY work_id FOR UPDATE;
+
+-- name: works_without_inputs
+-- Works whose stored inputs are missing or were computed under another configuration (backfill).
+SELECT w.work_id FROM works w
+WHERE NOT EXISTS (
+    SELECT 1 FROM bundle_inputs i
+    WHERE i.work_id = w.work_id AND i.fingerprint = %(fingerprint)s
+    HAVING count(*) = %(kinds)s
+)
+ORDER BY w.work_id LIMIT %(limit)s;
 
 -- name: bundle_succeeded
 -- Fenced by the job's owner: a builder that lost its lease cannot mark the bundle.
@@ -232,19 +278,22 @@ WHERE b.bundle_id = %(bundle_id)s AND j.job_id = b.job_id AND j.job_id = %(job_i
 DELETE FROM bundles WHERE bundle_id IN (
     SELECT bundle_id FROM bundles
     WHERE status <> 'in_progress' AND last_accessed_at < now() - make_interval(secs => %(idle_seconds)s)
+      AND last_accessed_at < now() - make_interval(secs => %(recent_seconds)s)
     ORDER BY last_accessed_at LIMIT 500 FOR UPDATE SKIP LOCKED
 ) AND status <> 'in_progress'
 RETURNING bucket, object_key, size_bytes;
 
 -- name: reap_over_budget
--- Least recently used finished bundles beyond the total-size budget.
+-- Least recently used finished bundles beyond the total-size budget, except those accessed within
+-- `recent_seconds` (access records are flushed lazily: another process may have just handed one out).
 -- The outer status check matters: a row being restarted meanwhile is re-checked after its lock.
 DELETE FROM bundles WHERE bundle_id IN (
     SELECT bundle_id FROM (
-        SELECT bundle_id, sum(size_bytes) OVER (ORDER BY last_accessed_at DESC, bundle_id) AS running
+        SELECT bundle_id, last_accessed_at,
+               sum(size_bytes) OVER (ORDER BY last_accessed_at DESC, bundle_id) AS running
         FROM bundles WHERE status = 'success'
     ) ranked
-    WHERE running > %(budget_bytes)s
+    WHERE running > %(budget_bytes)s AND last_accessed_at < now() - make_interval(secs => %(recent_seconds)s)
 ) AND status = 'success'
 RETURNING bucket, object_key, size_bytes;
 

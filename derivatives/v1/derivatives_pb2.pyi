@@ -171,7 +171,7 @@ class DerivativeFailure(_message.Message):
     def __init__(self, key: _Optional[str] = ..., reason: _Optional[str] = ..., failed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Derivative(_message.Message):
-    __slots__ = ("asset_id", "key", "content_type", "size_bytes", "width", "height", "sha512", "original_sha512", "created_at", "location", "url", "filename", "metadata")
+    __slots__ = ("asset_id", "key", "content_type", "size_bytes", "width", "height", "sha512", "original_sha512", "created_at", "location", "url", "filename", "metadata", "url_expires_at")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +192,7 @@ class Derivative(_message.Message):
     URL_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    URL_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     asset_id: str
     key: str
     content_type: str
@@ -205,7 +206,8 @@ class Derivative(_message.Message):
     url: str
     filename: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, asset_id: _Optional[str] = ..., key: _Optional[str] = ..., content_type: _Optional[str] = ..., size_bytes: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sha512: _Optional[str] = ..., original_sha512: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., location: _Optional[_Union[StorageRef, _Mapping]] = ..., url: _Optional[str] = ..., filename: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    url_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, asset_id: _Optional[str] = ..., key: _Optional[str] = ..., content_type: _Optional[str] = ..., size_bytes: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sha512: _Optional[str] = ..., original_sha512: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., location: _Optional[_Union[StorageRef, _Mapping]] = ..., url: _Optional[str] = ..., filename: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., url_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class PutWorkRequest(_message.Message):
     __slots__ = ("work_id", "title", "member_asset_ids", "creator", "url")
