@@ -121,6 +121,7 @@ def test_size_budget_evicts_least_recently_used(tmp_path: Path, postgres: Postgr
         None,
         DERIVATIVES_BUNDLE_CACHE_BYTES="1",
         DERIVATIVES_BUNDLE_REAP_INTERVAL="0.5",
+        DERIVATIVES_BUNDLE_ACCESS_FLUSH="1",  # the reaper spares bundles accessed within 2 s, not 10
     )
     server = ServerProcess(env, tmp_path / "server.log").start()
     try:
@@ -139,6 +140,59 @@ def test_size_budget_evicts_least_recently_used(tmp_path: Path, postgres: Postgr
                 assert time.monotonic() < deadline, "over-budget bundle never evicted"
                 time.sleep(0.2)
     finally:
+        assert server.stop() == 0
+
+
+def test_a_bundle_another_process_hands_out_is_not_reaped(tmp_path: Path, postgres: Postgres) -> None:
+    """Access records are written at most once per flush interval F; the reaper spares 2F, so a reaper in
+    one process never deletes a bundle another process has just handed out, however tight its budget."""
+    database, data = postgres.new_database("handout"), tmp_path / "data"
+    flush = {"DERIVATIVES_BUNDLE_ACCESS_FLUSH": "1"}
+    server = ServerProcess(server_env("file", database, data, None, **flush), tmp_path / "server.log")
+    reaper = ServerProcess(
+        server_env(
+            "file",
+            database,
+            data,
+            None,
+            DERIVATIVES_WORKERS="0",
+            DERIVATIVES_BUNDLE_CACHE_BYTES="1",  # holds nothing: every bundle not spared is evicted
+            DERIVATIVES_BUNDLE_REAP_INTERVAL="0.2",
+            **flush,
+        ),
+        tmp_path / "reaper.log",
+    )
+    server.start()
+    reaper.start()
+    try:
+        with server.channel() as channel:
+            stub = server.stub(channel)
+            work_id = _work(stub, 2, lambda: images.jpeg(400, 300))
+            storage = server.storage()
+            handed_out = 0
+            location = None
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:  # a visitor polling, as the download button does
+                bundle = stub.FindOrCreateBundle(pb.FindOrCreateBundleRequest(work_id=work_id, kind=pb.BUNDLE_KIND_ZIP))
+                if bundle.status == pb.BUNDLE_STATUS_SUCCESS:
+                    handed_out += 1
+                    if location is None:
+                        with psycopg.connect(database) as conn:
+                            location = conn.execute(
+                                "SELECT bucket, object_key FROM bundles WHERE bundle_id = %s", (bundle.bundle_id,)
+                            ).fetchone()
+                    assert location is not None
+                    assert storage.stat(*location) is not None, "a bundle just handed out was reaped"
+                time.sleep(0.25)
+            assert handed_out >= 10, handed_out
+            # Nobody asks any more: past 2F the reaper takes it (so it was running all along).
+            assert location is not None
+            deadline = time.monotonic() + 30
+            while storage.stat(*location) is not None:
+                assert time.monotonic() < deadline, "the reaper never evicted the bundle"
+                time.sleep(0.2)
+    finally:
+        assert reaper.stop() == 0
         assert server.stop() == 0
 
 
