@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -74,11 +76,17 @@ def is_unavailable(exc: BaseException) -> bool:
 Conn = psycopg.AsyncConnection[Row]
 
 
+# A connection back in the pool within this many seconds is handed out again without a check.
+CHECK_IDLE_SECONDS = 1.0
+
+
 class Database:
     """An async connection pool plus the named queries."""
 
     def __init__(self, url: str, *, max_size: int = 10, name: str = "derivatives") -> None:
         self.url = url
+        # When each pooled connection was last returned (see _check).
+        self._returned_at: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] = AsyncConnectionPool(
             url,
             connection_class=psycopg.AsyncConnection[Row],
@@ -87,8 +95,22 @@ class Database:
             open=False,
             timeout=5.0,
             kwargs={"row_factory": dict_row, "autocommit": True, "application_name": name},
-            check=AsyncConnectionPool.check_connection,
+            check=self._check,
+            reset=self._returned,
         )
+
+    async def _check(self, conn: Conn) -> None:
+        """Check a connection before handing it out, unless it was in use a moment ago.
+
+        A check is a round trip: doing it for every query doubled the cost of a one-query call.
+        A connection that has sat idle (across a Postgres restart, say) is still checked, and one
+        that failed in use is discarded by the pool when it comes back broken.
+        """
+        if time.monotonic() - self._returned_at.get(conn, 0.0) > CHECK_IDLE_SECONDS:
+            await AsyncConnectionPool.check_connection(conn)
+
+    async def _returned(self, conn: Conn) -> None:
+        self._returned_at[conn] = time.monotonic()
 
     async def open(self) -> None:
         await self.pool.open(wait=True, timeout=30.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import OrderedDict
 
 from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, status_pb2
@@ -11,7 +12,7 @@ from core.definitions import Definition
 from core.media import EXTENSIONS
 from core.progress import Update
 from core.records import AssetView, Bundle, BundleKind, BundleStatus, Derivative, Job, JobKind, Stage, Work
-from core.storage import UrlSigner
+from core.storage import SignedUrl, UrlSigner
 from derivatives.v1 import derivatives_pb2 as pb
 
 
@@ -27,10 +28,38 @@ def derivative_filename(asset_id: str, key: str, content_type: str) -> str:
     return f"{asset_id}_{key}.{EXTENSIONS.get(content_type, 'bin')}"
 
 
-def derivative(d: Derivative, urls: UrlSigner) -> pb.Derivative:
+class DerivativeMessages:
+    """Each derivative's message, made once per stored object and reused while its URL is.
+
+    A derivative's bytes never change under one object key (every upload gets a new key), so
+    (bucket, key) names one version of everything in the message; only the URL ages, and the
+    message is rebuilt when the URL signer would sign a new one. Bounded, least recently used out.
+    """
+
+    def __init__(self, urls: UrlSigner, size: int = 100_000) -> None:
+        self.urls = urls
+        self.size = size
+        self._cache: OrderedDict[tuple[str, str], tuple[pb.Derivative, dt.datetime | None]] = OrderedDict()
+
+    def get(self, d: Derivative) -> pb.Derivative:
+        key = (d.location.bucket, d.location.key)
+        cached = self._cache.get(key)
+        if cached is not None and (cached[1] is None or cached[1] > dt.datetime.now(dt.UTC)):
+            self._cache.move_to_end(key)
+            return cached[0]
+        message, signed = derivative(d, self.urls)
+        reuse_until = signed.expires_at - self.urls.lifetime / 2 if signed.expires_at else None
+        self._cache[key] = (message, reuse_until)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return message
+
+
+def derivative(d: Derivative, urls: UrlSigner) -> tuple[pb.Derivative, SignedUrl]:
     filename = derivative_filename(d.asset_id, d.key, d.content_type)
     signed = urls.sign(d.location, filename)
-    return pb.Derivative(
+    message = pb.Derivative(
         asset_id=d.asset_id,
         key=d.key,
         content_type=d.content_type,
@@ -46,9 +75,10 @@ def derivative(d: Derivative, urls: UrlSigner) -> pb.Derivative:
         filename=filename,
         metadata=d.metadata,
     )
+    return message, signed
 
 
-def asset(view: AssetView, urls: UrlSigner) -> pb.Asset:
+def asset(view: AssetView, messages: DerivativeMessages) -> pb.Asset:
     a = view.asset
     return pb.Asset(
         asset_id=a.asset_id,
@@ -62,7 +92,7 @@ def asset(view: AssetView, urls: UrlSigner) -> pb.Asset:
         created_at=ts(a.created_at),
         updated_at=ts(a.updated_at),
         derivatives_created=view.derivatives_created,
-        derivatives=[derivative(d, urls) for d in view.derivatives],
+        derivatives=[messages.get(d) for d in view.derivatives],
         derivative_failures=[
             pb.DerivativeFailure(key=f.key, reason=f.reason, failed_at=ts(f.failed_at)) for f in a.failures
         ],

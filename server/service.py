@@ -36,11 +36,12 @@ UPLOAD_FIELDS = {"content_type": "header.content_type"}
 class DerivativeService(pb_grpc.DerivativeServiceServicer):
     def __init__(self, domain: Domain) -> None:
         self.d = domain
+        self.derivative_messages = convert.DerivativeMessages(domain.urls)
         # Watchers of one target ask for the same rows at once: one query serves them all.
         self._reads: SingleFlight[Any] = SingleFlight()
 
     def _asset(self, view: AssetView) -> pb.Asset:
-        return convert.asset(view, self.d.urls)
+        return convert.asset(view, self.derivative_messages)
 
     # --- assets -------------------------------------------------------------------------------
 
@@ -205,7 +206,7 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         derivative = await self.d.derivatives.update(
             header.asset_id, header.key, header.content_type, spooled, dict(header.metadata), sha
         )
-        return convert.derivative(derivative, self.d.urls)
+        return self.derivative_messages.get(derivative)
 
     @unary
     async def RemoveDerivative(self, request: pb.RemoveDerivativeRequest, context: Context) -> empty_pb2.Empty:
