@@ -132,6 +132,21 @@ class StoredInputs:
         work = Work.from_row(row, [m.asset_id for m in members])
         return Inputs(work, members, checksum(work, members, kind, self.registry, self.settings))
 
+    async def read_and_store(self, work_id: str, kind: BundleKind) -> Inputs | None:
+        """Compute and store a work's inputs on first use (or under a new configuration).
+
+        Under a share lock of the work: a transaction changing its inputs (which holds the work's row
+        lock) finishes first, or waits for us and then stores its own newer checksum; a checksum
+        computed from rows that changed meanwhile is never stored.
+        """
+        async with self.db.transaction() as conn:
+            if await self.db.fetchone("share_work", conn, work_id=work_id) is None:
+                return None
+            inputs = await self.read(conn, work_id, kind)
+            if inputs is not None:
+                await self.store(conn, inputs, kind)
+            return inputs
+
     async def refresh(self, conn: Conn, work_id: str) -> None:
         """Recompute and store the work's checksums (call with the work's row locked, in the changing transaction)."""
         for kind in BundleKind:
@@ -139,7 +154,7 @@ class StoredInputs:
             if inputs is not None:
                 await self.store(conn, inputs, kind)
 
-    async def store(self, conn: Conn | None, inputs: Inputs, kind: BundleKind) -> None:
+    async def store(self, conn: Conn, inputs: Inputs, kind: BundleKind) -> None:
         await self.db.execute(
             "upsert_bundle_inputs",
             conn,
@@ -243,18 +258,30 @@ class Bundles:
         most once per flush interval, a write of the access.
         """
         hot = await self.db.fetchone("hot_bundle", work_id=work_id, kind=kind.value)
-        if hot is not None and hot["fingerprint"] == self.stored_inputs.fingerprint and hot["bundle_id"] is not None:
+        current = hot is not None and hot["fingerprint"] == self.stored_inputs.fingerprint
+        if current and hot is not None and hot["bundle_id"] is not None:
             found = Bundle.from_row(hot)
-            # A touch that finds no row: reaped this instant; claim it anew below.
-            if found.status is BundleStatus.SUCCESS and await self._stored(found) and await self._touch(found):
+            # Stored, or being built, or failed too recently to retry: the answer as it stands. (A touch
+            # that finds no row: reaped this instant; claimed anew below.)
+            usable = (
+                await self._stored(found)
+                if found.status is BundleStatus.SUCCESS
+                else not self._needs_restart(found, missing=None)
+            )
+            if usable and await self._touch(found):
                 return found
-        return await self._find_or_claim(work_id, kind)
+        return await self._find_or_claim(work_id, kind, store_inputs=not current)
 
-    async def _find_or_claim(self, work_id: str, kind: BundleKind) -> Bundle:
-        inputs = await self.inputs(work_id, kind)
+    async def _find_or_claim(self, work_id: str, kind: BundleKind, store_inputs: bool) -> Bundle:
+        if store_inputs:  # first use, or stored under another configuration
+            stored = await self.stored_inputs.read_and_store(work_id, kind)
+            if stored is None:
+                raise NotFound(f"work {work_id!r} not found")
+            inputs = stored
+        else:
+            inputs = await self.inputs(work_id, kind)
         if not inputs.members:
             raise FailedPrecondition(f"work {work_id!r} has no members")
-        await self.stored_inputs.store(None, inputs, kind)  # first use, or computed under another configuration
         where = dict(work_id=work_id, kind=kind.value, checksum=inputs.checksum)
         row = await self.db.fetchone("find_bundle", **where)
         # Storage is asked here, never while the row lock below is held.

@@ -7,7 +7,7 @@
 | --- | --- | --- |
 | embedded Postgres owner | core/host.py `EmbeddedPostgresRole` | no DATABASE_URL |
 | the domain (pool, migrations, storage, queue, ...) | core/host.py `DomainRole`, core/domain.py | always |
-| maintenance (bundle reaper, job pruning, S3 lifecycle) | core/maintenance.py `MaintenanceRole` | always |
+| maintenance (reaper, job pruning, bundle inputs backfill, S3 lifecycle) | core/maintenance.py | always |
 | job runner and its process pool | worker/host.py `RunnerRole` | DERIVATIVES_WORKERS > 0 |
 | gRPC server, health, reflection, progress hub | server/grpc_role.py `GrpcRole` | server only |
 """

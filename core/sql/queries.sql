@@ -242,6 +242,10 @@ SET checksum = EXCLUDED.checksum, fingerprint = EXCLUDED.fingerprint, updated_at
 -- name: lock_work
 SELECT work_id FROM works WHERE work_id = %(work_id)s FOR UPDATE;
 
+-- name: share_work
+-- Waits for a transaction that is changing the work's inputs, and holds the next one off.
+SELECT work_id FROM works WHERE work_id = %(work_id)s FOR SHARE;
+
 -- name: lock_works_of_asset
 -- Serializes every refresh of a work's inputs checksum (assets are always locked before works).
 SELECT work_id FROM works
