@@ -54,6 +54,8 @@ bench: $(STAMP)  ## benchmarks (minutes; baselines need Debian's vipsthumbnail a
 	$(PY) bench/thumbnails.py
 	$(PY) bench/bundles.py
 	$(PY) bench/progress.py
+	$(PY) bench/hot_paths.py
+	$(PY) bench/render.py
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

@@ -133,11 +133,25 @@ def measure(
 
 
 @contextmanager
-def service(storage: str, directory: Path) -> Iterator[Any]:
-    """`python -m server` on `storage`, with its own embedded Postgres (and moto for S3)."""
+def service(storage: str, directory: Path, tree: Path | None = None) -> Iterator[Any]:
+    """`python -m server` on `storage`, with its own embedded Postgres (and moto for S3).
+
+    `tree`: run the server of another checkout (e.g. the commit before a change), for a before/after.
+    """
     import shutil
+    import subprocess
 
     from tests.harness import Postgres, S3Endpoint, ServerProcess, server_env
+
+    class TreeServer(ServerProcess):
+        def start(self, wait_serving: bool = True) -> ServerProcess:
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "server"], env=self.full_env, cwd=tree, stdout=log, stderr=log
+                )
+            if wait_serving:
+                self.wait_health("SERVING")
+            return self
 
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
@@ -146,7 +160,8 @@ def service(storage: str, directory: Path) -> Iterator[Any]:
     server = None
     try:
         env = server_env(storage, postgres.new_database("hot"), directory / "data", s3)
-        server = ServerProcess(env, WORK / f"hot_paths-{storage}.log").start()
+        log = WORK / f"hot_paths-{storage}{'-baseline' if tree else ''}.log"
+        server = (TreeServer if tree else ServerProcess)(env, log).start()
         yield server
     finally:
         if server is not None:
@@ -337,6 +352,21 @@ def run(storage: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"calls": calls, "costs": costs, "pool_sizes": pools}
 
 
+def baseline(args: argparse.Namespace) -> dict[str, Any]:
+    """The same calls against the server of another checkout, on filesystem storage."""
+    import subprocess
+
+    tree = args.baseline_tree.resolve()
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True).stdout
+    with service("file", WORK / "hot-baseline", tree) as server:
+        load_filler(server.env["DATABASE_URL"], args.filler)
+        targets = prepare_data(server)
+        calls = {
+            call: measure_and_print(server, f"baseline {rev.strip()}", call, targets[call], args) for call in CALLS
+        }
+    return {"revision": rev.strip(), "calls": calls}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -344,6 +374,7 @@ def main() -> int:
     parser.add_argument("--filler", type=int, default=200_000, help="filler assets (5 derivatives each)")
     parser.add_argument("--storage", default="file,s3")
     parser.add_argument("--pool-sizes", default="4,20", help="Postgres pool sizes to compare (file storage)")
+    parser.add_argument("--baseline-tree", type=Path, help="also measure the server of this checkout (file storage)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -359,6 +390,8 @@ def main() -> int:
     }
     for storage in args.storage.split(","):
         results["storage"][storage] = run(storage, args)
+    if args.baseline_tree:
+        results["baseline"] = baseline(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}; render with .venv/bin/python bench/render.py")

@@ -56,6 +56,8 @@ def hot_paths(data: dict[str, Any]) -> str:
                     f"{call['p99_ms']:.1f}",
                     f"{rate:.2f}x",
                     f"{p99:.2f}x",
+                    f"{call['server_cpu_us_per_call']:.0f} / {call['postgres_cpu_us_per_call']:.0f}"
+                    f" / {call['clients_cpu_us_per_call']:.0f}",
                     met,
                 ]
             )
@@ -63,7 +65,19 @@ def hot_paths(data: dict[str, Any]) -> str:
             "",
             f"**{storage} storage**",
             "",
-            table(["call", "calls/s", "p50 ms", "p99 ms", "rate vs Check", "p99 vs Check", "target"], rows),
+            table(
+                [
+                    "call",
+                    "calls/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "rate vs Check",
+                    "p99 vs Check",
+                    "CPU µs/call: server / Postgres / clients",
+                    "target",
+                ],
+                rows,
+            ),
         ]
         pools = result.get("pool_sizes", {})
         if pools:
@@ -91,6 +105,34 @@ def hot_paths(data: dict[str, Any]) -> str:
                 [[name.removesuffix("_us").replace("_", " "), f"{value:.0f}"] for name, value in costs.items()],
             ),
         ]
+    if "baseline" in data:
+        base = data["baseline"]
+        now = data["storage"]["file"]["calls"]
+        rows = [
+            [
+                LABELS.get(name, name),
+                f"{call['calls_per_second']:,.0f}",
+                f"{now[name]['calls_per_second']:,.0f}",
+                f"{call['calls_per_second'] / base['calls']['check']['calls_per_second']:.2f}x",
+                f"{now[name]['calls_per_second'] / now['check']['calls_per_second']:.2f}x",
+                f"{call['server_cpu_us_per_call']:.0f} -> {now[name]['server_cpu_us_per_call']:.0f}",
+            ]
+            for name, call in base["calls"].items()
+        ]
+        header = [
+            "call (file storage)",
+            f"calls/s at {base['revision']}",
+            "calls/s now",
+            "vs Check then",
+            "vs Check now",
+            "server CPU µs/call",
+        ]
+        out += [
+            "",
+            f"**Before and after** (the server of commit {base['revision']}, same run, same data)",
+            "",
+            table(header, rows),
+        ]
     return "\n".join(out)
 
 
@@ -98,10 +140,10 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {"hot_paths": hot_paths}
 
 
 def replace_block(text: str, name: str, block: str) -> str:
-    pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(\n<!-- {name}:end -->)", re.DOTALL)
+    pattern = re.compile(rf"(<!-- {name}:begin -->).*?(<!-- {name}:end -->)", re.DOTALL)
     if not pattern.search(text):
         raise SystemExit(f"{DOCS}: no <!-- {name}:begin --> ... <!-- {name}:end --> block")
-    return pattern.sub(lambda m: m.group(1) + block + m.group(2), text)
+    return pattern.sub(lambda m: f"{m.group(1)}\n{block}\n{m.group(2)}", text)
 
 
 def main() -> int:

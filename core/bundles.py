@@ -37,6 +37,9 @@ log = logging.getLogger("derivatives.bundles")
 
 # Bump when the layout of a bundle changes, so every cached bundle is rebuilt.
 FORMAT_VERSION = 1
+# Bump when the rules that compute a checksum change (checksum, member_source, the plan) without
+# changing bundles: stored checksums computed by the old rules are then recomputed.
+INPUTS_VERSION = 1
 # Bundles whose stored object a process remembers having seen.
 STORED_CACHE_SIZE = 100_000
 
@@ -98,6 +101,7 @@ def fingerprint(registry: Registry, settings: Settings) -> str:
     """Everything besides a work's own rows that shapes its bundles' checksum (and so its bundles)."""
     config = {
         "format": FORMAT_VERSION,
+        "inputs": INPUTS_VERSION,
         "institution": settings.institution,
         "pdf_dpi": settings.pdf_dpi,
         "pdf_derivative": settings.pdf_derivative_key,
@@ -121,6 +125,7 @@ class StoredInputs:
         self.registry = registry
         self.settings = settings
         self.fingerprint = fingerprint(registry, settings)
+        self._backfilled = False  # every work has its row under this configuration (new ones get it at PutWork)
 
     async def read(self, conn: Conn, work_id: str, kind: BundleKind) -> Inputs | None:
         row = await self.db.fetchone("get_work", conn, work_id=work_id)
@@ -170,7 +175,12 @@ class StoredInputs:
             await self.refresh(conn, row["work_id"])
 
     async def backfill(self, batch: int = 500) -> int:
-        """Store the checksums of works that have none under this configuration; returns how many were done."""
+        """Store the checksums of works that have none under this configuration; returns how many were done.
+
+        Once a round finds none, this process stops looking (PutWork stores a new work's rows).
+        """
+        if self._backfilled:
+            return 0
         rows = await self.db.fetchall(
             "works_without_inputs", fingerprint=self.fingerprint, kinds=len(BundleKind), limit=batch
         )
@@ -178,6 +188,7 @@ class StoredInputs:
             async with self.db.transaction() as conn:
                 if await self.db.fetchone("lock_work", conn, work_id=row["work_id"]) is not None:
                     await self.refresh(conn, row["work_id"])
+        self._backfilled = not rows
         return len(rows)
 
 
@@ -270,16 +281,18 @@ class Bundles:
             )
             if usable and await self._touch(found):
                 return found
-        return await self._find_or_claim(work_id, kind, store_inputs=not current)
+        stored = hot["inputs_checksum"] if current and hot is not None else None
+        return await self._find_or_claim(work_id, kind, stored)
 
-    async def _find_or_claim(self, work_id: str, kind: BundleKind, store_inputs: bool) -> Bundle:
-        if store_inputs:  # first use, or stored under another configuration
-            stored = await self.stored_inputs.read_and_store(work_id, kind)
+    async def _find_or_claim(self, work_id: str, kind: BundleKind, stored_checksum: str | None) -> Bundle:
+        inputs = await self.inputs(work_id, kind)
+        if inputs.checksum != stored_checksum:
+            if stored_checksum is not None:  # changed by something that did not refresh it (a manual edit, say)
+                log.warning("work %s: stored %s inputs checksum was stale; storing it anew", work_id, kind)
+            stored = await self.stored_inputs.read_and_store(work_id, kind)  # first use, or another configuration
             if stored is None:
                 raise NotFound(f"work {work_id!r} not found")
             inputs = stored
-        else:
-            inputs = await self.inputs(work_id, kind)
         if not inputs.members:
             raise FailedPrecondition(f"work {work_id!r} has no members")
         where = dict(work_id=work_id, kind=kind.value, checksum=inputs.checksum)
@@ -379,8 +392,10 @@ class Bundles:
         False when the row is gone (reaped since it was read). A bundle accessed within the interval
         cannot have been reaped: the reaper spares twice that.
         """
-        age = dt.datetime.now(dt.UTC) - bundle.last_accessed_at
-        if age.total_seconds() < self.flush_seconds:
+        age = bundle.access_age_seconds  # the database's clock: the reaper's
+        if age is None:
+            age = (dt.datetime.now(dt.UTC) - bundle.last_accessed_at).total_seconds()
+        if age < self.flush_seconds:
             return True
         return await self.db.fetchone("touch_bundle", bundle_id=bundle.bundle_id) is not None
 

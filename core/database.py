@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import select
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -68,6 +69,13 @@ class EmbeddedPostgres:
             log.info("embedded postgres stopped")
 
 
+def _readable(conn: Conn) -> bool:
+    try:
+        return bool(select.select([conn.pgconn.socket], [], [], 0)[0])
+    except (OSError, ValueError, psycopg.Error):
+        return True  # no usable socket: let the real check decide
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """True when `exc` means Postgres could not be reached (not a bad query)."""
     return isinstance(exc, PoolTimeout | psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled)
@@ -96,21 +104,19 @@ class Database:
             timeout=5.0,
             kwargs={"row_factory": dict_row, "autocommit": True, "application_name": name},
             check=self._check,
-            reset=self._returned,
         )
 
     async def _check(self, conn: Conn) -> None:
-        """Check a connection before handing it out, unless it was in use a moment ago.
+        """Check a connection before handing it out, if it sat idle or the server said something.
 
-        A check is a round trip: doing it for every query doubled the cost of a one-query call.
-        A connection that has sat idle (across a Postgres restart, say) is still checked, and one
-        that failed in use is discarded by the pool when it comes back broken.
+        A check is a round trip: doing it for every query doubled the cost of a one-query call. An
+        idle pooled connection has nothing to read, so a readable socket means the server closed it
+        or sent a FATAL notice (a restart, a terminated backend): then the real check runs and the
+        pool replaces the connection, as it does for one idle longer than CHECK_IDLE_SECONDS.
         """
-        if time.monotonic() - self._returned_at.get(conn, 0.0) > CHECK_IDLE_SECONDS:
+        idle = time.monotonic() - self._returned_at.get(conn, 0.0)
+        if idle > CHECK_IDLE_SECONDS or _readable(conn):
             await AsyncConnectionPool.check_connection(conn)
-
-    async def _returned(self, conn: Conn) -> None:
-        self._returned_at[conn] = time.monotonic()
 
     async def open(self) -> None:
         await self.pool.open(wait=True, timeout=30.0)
@@ -122,7 +128,10 @@ class Database:
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
         try:
             async with self.pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    self._returned_at[conn] = time.monotonic()
         except (PoolTimeout, psycopg.OperationalError) as exc:
             if is_unavailable(exc):
                 raise Unavailable("database unavailable") from exc

@@ -354,6 +354,8 @@ class Bundle:
     stage: Stage | None = None
     done: int = 0
     total: int = 0
+    # Seconds since last_accessed_at, in the database's clock, when the read asked for it.
+    access_age_seconds: float | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Bundle:
@@ -375,4 +377,5 @@ class Bundle:
             stage=Stage(stage) if stage else None,
             done=row.get("done") or 0,
             total=row.get("total") or 0,
+            access_age_seconds=row.get("access_age_seconds"),
         )

@@ -117,7 +117,9 @@ class ObjectStorage(Protocol):
     def stat(self, bucket: str, key: str) -> ObjectInfo | None: ...
     def delete(self, bucket: str, key: str) -> None: ...
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]: ...
-    def presign(self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "") -> str: ...
+    def presign(
+        self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "", signed_at: dt.datetime | None = None
+    ) -> str: ...
     def expire_after(self, bucket: str, days: int) -> None: ...
     def local_path(self, bucket: str, key: str) -> Path | None: ...
 
@@ -208,7 +210,9 @@ class FileStorage:
                 if key.startswith(prefix):
                     yield ObjectInfo(bucket, key, full.stat().st_size)
 
-    def presign(self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "") -> str:
+    def presign(
+        self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "", signed_at: dt.datetime | None = None
+    ) -> str:
         return ""  # no URL reaches a local file from another host; callers use the streaming RPCs
 
     def expire_after(self, bucket: str, days: int) -> None:
@@ -350,12 +354,17 @@ class S3Storage:
             for obj in self.client.list_objects(bucket, prefix=prefix or None, recursive=True):
                 yield ObjectInfo(bucket, obj.object_name or "", int(obj.size or 0))
 
-    def presign(self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "") -> str:
+    def presign(
+        self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "", signed_at: dt.datetime | None = None
+    ) -> str:
+        """A GET URL valid for `expires` from `signed_at` (default now); no network call (the region is set)."""
         headers: dict[str, str | list[str] | tuple[str]] | None = (
             {"response-content-disposition": attachment_disposition(filename)} if filename else None
         )
         with self._errors(bucket, key):
-            url: str = self.client.presigned_get_object(bucket, key, expires=expires, response_headers=headers)
+            url: str = self.client.presigned_get_object(
+                bucket, key, expires=expires, response_headers=headers, request_date=signed_at
+            )
         return url
 
     def local_path(self, bucket: str, key: str) -> Path | None:
@@ -400,8 +409,12 @@ class UrlSigner:
         if cached is not None and cached.expires_at is not None and cached.expires_at - now > self.lifetime / 2:
             self._cache.move_to_end(key)
             return cached
-        url = self.storage.presign(location.bucket, location.key, expires=self.lifetime, filename=filename)
-        signed = SignedUrl(url, now + self.lifetime if url else None)
+        # Signed as of a whole second (X-Amz-Date has no fraction), so the reported expiry is exact.
+        signed_at = now.replace(microsecond=0)
+        url = self.storage.presign(
+            location.bucket, location.key, expires=self.lifetime, filename=filename, signed_at=signed_at
+        )
+        signed = SignedUrl(url, signed_at + self.lifetime if url else None)
         if url:
             self._cache[key] = signed
             self._cache.move_to_end(key)

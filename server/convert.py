@@ -31,18 +31,18 @@ def derivative_filename(asset_id: str, key: str, content_type: str) -> str:
 class DerivativeMessages:
     """Each derivative's message, made once per stored object and reused while its URL is.
 
-    A derivative's bytes never change under one object key (every upload gets a new key), so
-    (bucket, key) names one version of everything in the message; only the URL ages, and the
-    message is rebuilt when the URL signer would sign a new one. Bounded, least recently used out.
+    Keyed by the derivative record itself (every field but its metadata hashes; equality compares
+    all), so a changed row is a new entry; only the URL ages, and the message is rebuilt when the
+    URL signer would sign a new one. Bounded, least recently used out.
     """
 
     def __init__(self, urls: UrlSigner, size: int = 100_000) -> None:
         self.urls = urls
         self.size = size
-        self._cache: OrderedDict[tuple[str, str], tuple[pb.Derivative, dt.datetime | None]] = OrderedDict()
+        self._cache: OrderedDict[Derivative, tuple[pb.Derivative, dt.datetime | None]] = OrderedDict()
 
     def get(self, d: Derivative) -> pb.Derivative:
-        key = (d.location.bucket, d.location.key)
+        key = d
         cached = self._cache.get(key)
         if cached is not None and (cached[1] is None or cached[1] > dt.datetime.now(dt.UTC)):
             self._cache.move_to_end(key)

