@@ -143,6 +143,15 @@ class Host:
             await self._stop.wait()
         finally:
             await self._shutdown(started)
+            # Stopped: a late SIGTERM (a supervisor repeating itself) must not kill the interpreter while
+            # it exits (status -15 instead of 0). The handlers leave the loop first, or closing it would
+            # put the default, fatal, action back; signals stay blocked while they are swapped.
+            stops = {signal.SIGTERM, signal.SIGINT}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+            for sig in stops:
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
     async def _shutdown(self, started: list[Role]) -> None:
         grace = self.ctx.settings.shutdown_grace_seconds

@@ -108,3 +108,18 @@ def test_sigterm_drains_in_flight_calls(tmp_path: Path, postgres: Postgres) -> N
     assert "error" not in result, result.get("error")
     assert result["asset"].size_bytes == len(data)  # type: ignore[attr-defined]
     assert server.stop() == 0
+
+
+def test_repeated_sigterm_during_shutdown_still_exits_cleanly(tmp_path: Path, postgres: Postgres) -> None:
+    """A supervisor that repeats SIGTERM while the server stops gets exit status 0, not -15."""
+    import signal
+
+    env = server_env("file", postgres.new_database("sigterm"), tmp_path / "data", None)
+    server = ServerProcess(env, tmp_path / "server.log").start()
+    assert server.proc is not None
+    deadline = time.monotonic() + 60
+    while server.proc.poll() is None:  # until it has exited: every stage of the shutdown gets one
+        assert time.monotonic() < deadline, "the server never exited"
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.005)
+    assert server.proc.returncode == 0, server.tail()
