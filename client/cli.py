@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import threading
@@ -10,11 +11,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 from google.protobuf import json_format
 from tqdm import tqdm
 
-from client.client import Client
+from client.client import Client, ClientError
 from derivatives.v1 import derivatives_pb2 as pb
 
 
@@ -45,6 +45,7 @@ def create_all(client: Client, args: argparse.Namespace) -> int:
     for batch in _batches(ids, args.batch):
         job = client.create_derivatives(batch, _split(args.only), _split(args.exclude), args.lazy)
         jobs[job.job_id] = job
+        print(f"job {job.job_id}: {job.total} asset(s)", flush=True)  # for `derivatives watch`
     total = sum(j.total for j in jobs.values())
     if total == 0:
         print("no assets matched")
@@ -75,10 +76,11 @@ def create_all(client: Client, args: argparse.Namespace) -> int:
 
 def watch(client: Client, args: argparse.Namespace) -> int:
     """Follow a job or bundle with a progress bar; non-zero exit when it fails."""
-    last: pb.ProgressEvent | None = None
     events = client.watch(bundle_id=args.id) if args.bundle else client.watch(job_id=args.id)
+    first = next(events, None)  # an unknown id fails here, before a bar is drawn
+    last: pb.ProgressEvent | None = None
     with tqdm(unit="item", desc=args.id[:8], disable=args.quiet) as bar:
-        for event in events:
+        for event in itertools.chain([first] if first is not None else [], events):
             if event.total and bar.total != event.total:
                 bar.total = event.total
                 bar.refresh()
@@ -99,8 +101,7 @@ def watch(client: Client, args: argparse.Namespace) -> int:
 
 def bundle(client: Client, args: argparse.Namespace) -> int:
     """Find or build a work's PDF or ZIP, with a progress bar while it builds, then download it."""
-    kind = pb.BUNDLE_KIND_PDF if args.pdf else pb.BUNDLE_KIND_ZIP
-    found = client.stub.FindOrCreateBundle(pb.FindOrCreateBundleRequest(work_id=args.work_id, kind=kind))
+    found = client.find_or_create_bundle(args.work_id, "pdf" if args.pdf else "zip")
     if found.status != pb.BUNDLE_STATUS_SUCCESS:
         last = None
         with tqdm(total=found.total or None, unit="page", desc=found.filename, disable=args.quiet) as bar:
@@ -120,13 +121,17 @@ def bundle(client: Client, args: argparse.Namespace) -> int:
 
 
 def put(client: Client, args: argparse.Namespace) -> int:
-    asset = client.upload(args.asset_id, Path(args.file), args.content_type, args.skip_derivatives)
+    """Upload, then queue its derivatives as a job of its own, so the job id can be printed (and watched)."""
+    asset = client.upload(args.asset_id, Path(args.file), args.content_type, skip_derivatives=True)
     print(json_format.MessageToJson(asset, preserving_proto_field_name=True))
+    if not args.skip_derivatives:
+        job = client.create_derivatives([asset.asset_id])
+        print(f"job {job.job_id}: derivatives of {asset.asset_id} (derivatives watch {job.job_id})", file=sys.stderr)
     return 0
 
 
 def get(client: Client, args: argparse.Namespace) -> int:
-    asset = client.stub.GetAsset(pb.GetAssetRequest(asset_id=args.asset_id))
+    asset = client.get_asset(args.asset_id)
     print(json_format.MessageToJson(asset, preserving_proto_field_name=True))
     return 0
 
@@ -187,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         with Client(args.address) as client:
             code: int = args.func(client, args)
             return code
-    except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        for path, description in exc.violations:
+            print(f"  {path}: {description}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -1,14 +1,25 @@
-"""A small client over the generated stubs, sync and async, for scripts and the CLI."""
+"""A small Python client over the generated stubs: `Client` (blocking) and `AsyncClient` (asyncio).
+
+The two mirror each other: the same operations under the same names and parameters (a unit
+test compares their signatures), and one error type, `ClientError`, that carries the gRPC code,
+the `google.rpc.BadRequest` field violations and, when the server sends one, the
+`google.rpc.ErrorInfo` reason. `watch` reconnects when the stream drops and resumes with
+`after_seq`, so no event is lost or repeated.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from derivatives.v1 import derivatives_pb2 as pb
 from derivatives.v1 import derivatives_pb2_grpc as pb_grpc
@@ -22,6 +33,47 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
 ]
+# A dropped WatchProgress stream is reopened this many times in a row, waiting a little longer each time.
+WATCH_RETRIES = 5
+_STATUS_DETAILS = "grpc-status-details-bin"
+
+
+@dataclass
+class ClientError(Exception):
+    """A call that failed: its gRPC code, message, field violations and (if sent) ErrorInfo reason."""
+
+    code: grpc.StatusCode
+    message: str
+    # (field path, description) per field of the request that was wrong (INVALID_ARGUMENT).
+    violations: list[tuple[str, str]] = field(default_factory=list)
+    # google.rpc.ErrorInfo reason, e.g. ASSET_NOT_FOUND, when the server names one; else "".
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+    @classmethod
+    def from_rpc(cls, exc: grpc.RpcError) -> ClientError:
+        """The error of a failed call, sync or asyncio, with its details decoded."""
+        code: grpc.StatusCode = exc.code()
+        message: str = exc.details() or ""
+        violations: list[tuple[str, str]] = []
+        reason = ""
+        metadata: Any = exc.trailing_metadata() or ()
+        for key, value in metadata:
+            if key != _STATUS_DETAILS:
+                continue
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad = error_details_pb2.BadRequest()
+                    detail.Unpack(bad)
+                    violations += [(v.field, v.description) for v in bad.field_violations]
+                elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    reason = info.reason
+        return cls(code, message, violations, reason)
 
 
 def _chunks(path: Path) -> Iterator[bytes]:
@@ -30,8 +82,34 @@ def _chunks(path: Path) -> Iterator[bytes]:
             yield block
 
 
+def _upload_messages(asset_id: str, path: Path, content_type: str, skip: bool) -> Iterator[pb.UploadOriginalRequest]:
+    header = pb.UploadOriginalHeader(
+        asset_id=asset_id, content_type=content_type, skip_derivatives=skip, filename=path.name
+    )
+    yield pb.UploadOriginalRequest(header=header)
+    for block in _chunks(path):
+        yield pb.UploadOriginalRequest(chunk=block)
+
+
+def _watch_request(job_id: str, bundle_id: str, after_seq: int) -> pb.WatchProgressRequest:
+    if job_id:
+        return pb.WatchProgressRequest(job_id=job_id, after_seq=after_seq)
+    return pb.WatchProgressRequest(bundle_id=bundle_id, after_seq=after_seq)
+
+
+def _retryable(exc: grpc.RpcError, retries: int) -> bool:
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and retries < WATCH_RETRIES
+
+
+def _bundle_kind(kind: str) -> pb.BundleKind:
+    kinds = {"pdf": pb.BUNDLE_KIND_PDF, "zip": pb.BUNDLE_KIND_ZIP}
+    if kind not in kinds:
+        raise ValueError(f"kind must be 'pdf' or 'zip', not {kind!r}")
+    return kinds[kind]
+
+
 class Client:
-    """Blocking client."""
+    """Blocking client. Every call raises ClientError on failure."""
 
     def __init__(self, address: str = "127.0.0.1:50051") -> None:
         self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
@@ -46,30 +124,59 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request)
+        except grpc.RpcError as exc:
+            raise ClientError.from_rpc(exc) from None
+
+    # --- assets and works ---------------------------------------------------------------------
+
     def upload(self, asset_id: str, path: Path, content_type: str = "", skip_derivatives: bool = False) -> pb.Asset:
-        header = pb.UploadOriginalHeader(
-            asset_id=asset_id, content_type=content_type, skip_derivatives=skip_derivatives, filename=path.name
+        """Stream a file as the asset's original (UploadOriginal)."""
+        asset: pb.Asset = self._call(
+            self.stub.UploadOriginal, _upload_messages(asset_id, path, content_type, skip_derivatives)
         )
+        return asset
 
-        def messages() -> Iterator[pb.UploadOriginalRequest]:
-            yield pb.UploadOriginalRequest(header=header)
-            for block in _chunks(path):
-                yield pb.UploadOriginalRequest(chunk=block)
+    def put_asset(self, asset_id: str, data: bytes, content_type: str = "", skip_derivatives: bool = False) -> pb.Asset:
+        """Store bytes held in memory as the asset's original (PutAsset)."""
+        request = pb.PutAssetRequest(
+            asset_id=asset_id, data=data, content_type=content_type, skip_derivatives=skip_derivatives
+        )
+        asset: pb.Asset = self._call(self.stub.PutAsset, request)
+        return asset
 
-        response: pb.Asset = self.stub.UploadOriginal(messages())
-        return response
+    def get_asset(self, asset_id: str) -> pb.Asset:
+        asset: pb.Asset = self._call(self.stub.GetAsset, pb.GetAssetRequest(asset_id=asset_id))
+        return asset
 
     def list_asset_ids(self, page_size: int = 1000) -> Iterator[str]:
         token = ""
         while True:
-            page = self.stub.ListAssets(pb.ListAssetsRequest(page_size=page_size, page_token=token))
+            page = self._call(self.stub.ListAssets, pb.ListAssetsRequest(page_size=page_size, page_token=token))
             yield from page.asset_ids
             token = page.next_page_token
             if not token:
                 return
 
+    def put_work(
+        self, work_id: str, title: str, member_asset_ids: Iterable[str], creator: str = "", url: str = ""
+    ) -> pb.Work:
+        request = pb.PutWorkRequest(
+            work_id=work_id, title=title, member_asset_ids=list(member_asset_ids), creator=creator, url=url
+        )
+        work: pb.Work = self._call(self.stub.PutWork, request)
+        return work
+
+    def get_work(self, work_id: str) -> pb.Work:
+        work: pb.Work = self._call(self.stub.GetWork, pb.GetWorkRequest(work_id=work_id))
+        return work
+
     def work_members(self, work_id: str) -> list[str]:
-        return list(self.stub.GetWork(pb.GetWorkRequest(work_id=work_id)).member_asset_ids)
+        return list(self.get_work(work_id).member_asset_ids)
+
+    # --- derivatives and jobs -----------------------------------------------------------------
 
     def create_derivatives(
         self, asset_ids: Iterable[str], only: Iterable[str] = (), exclude: Iterable[str] = (), lazy: bool = False
@@ -77,12 +184,36 @@ class Client:
         request = pb.CreateDerivativesRequest(
             asset_ids=list(asset_ids), only=list(only), exclude=list(exclude), lazy=lazy
         )
-        job: pb.Job = self.stub.CreateDerivatives(request)
+        job: pb.Job = self._call(self.stub.CreateDerivatives, request)
         return job
 
     def get_job(self, job_id: str) -> pb.Job:
-        job: pb.Job = self.stub.GetJob(pb.GetJobRequest(job_id=job_id))
+        job: pb.Job = self._call(self.stub.GetJob, pb.GetJobRequest(job_id=job_id))
         return job
+
+    def watch(self, job_id: str = "", bundle_id: str = "", after_seq: int = 0) -> Iterator[pb.ProgressEvent]:
+        """Progress events until the final one; reconnects with `after_seq` if the stream drops."""
+        last, retries = after_seq, 0
+        while True:
+            try:
+                for event in self.stub.WatchProgress(_watch_request(job_id, bundle_id, last)):
+                    retries = 0
+                    last = max(last, event.seq)
+                    yield event
+                return
+            except grpc.RpcError as exc:
+                if not _retryable(exc, retries):
+                    raise ClientError.from_rpc(exc) from None
+                retries += 1
+                time.sleep(0.5 * retries)
+
+    # --- bundles ------------------------------------------------------------------------------
+
+    def find_or_create_bundle(self, work_id: str, kind: str) -> pb.Bundle:
+        """The work's bundle of `kind` ("pdf" or "zip"): built, or being built (watch it)."""
+        request = pb.FindOrCreateBundleRequest(work_id=work_id, kind=_bundle_kind(kind))
+        bundle: pb.Bundle = self._call(self.stub.FindOrCreateBundle, request)
+        return bundle
 
     def download_bundle(self, bundle: pb.Bundle, target: Path) -> None:
         """Fetch a built bundle: from its presigned URL when there is one, else through ReadBundle.
@@ -96,32 +227,18 @@ class Client:
                     with urllib.request.urlopen(bundle.url, timeout=60) as response:
                         shutil.copyfileobj(response, out, CHUNK)
                 else:
-                    for part in self.stub.ReadBundle(pb.ReadBundleRequest(bundle_id=bundle.bundle_id)):
-                        out.write(part.chunk)
+                    try:
+                        for part in self.stub.ReadBundle(pb.ReadBundleRequest(bundle_id=bundle.bundle_id)):
+                            out.write(part.chunk)
+                    except grpc.RpcError as exc:
+                        raise ClientError.from_rpc(exc) from None
             partial.replace(target)
         finally:
             partial.unlink(missing_ok=True)
 
-    def watch(self, job_id: str = "", bundle_id: str = "", after_seq: int = 0) -> Iterator[pb.ProgressEvent]:
-        """Progress events until the final one; reconnects with `after_seq` if the stream drops."""
-        last = after_seq
-        retries = 0
-        while True:
-            try:
-                for event in self.stub.WatchProgress(_watch_request(job_id, bundle_id, last)):
-                    retries = 0
-                    last = max(last, event.seq)
-                    yield event
-                return
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or retries >= 5:
-                    raise
-                retries += 1
-                time.sleep(0.5 * retries)
-
 
 class AsyncClient:
-    """asyncio client with the same calls that matter for services."""
+    """asyncio client: the same operations as Client, awaited. Every call raises ClientError on failure."""
 
     def __init__(self, address: str = "127.0.0.1:50051") -> None:
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
@@ -136,18 +253,65 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request)
+        except grpc.RpcError as exc:
+            raise ClientError.from_rpc(exc) from None
+
+    # --- assets and works ---------------------------------------------------------------------
+
+    async def upload(
+        self, asset_id: str, path: Path, content_type: str = "", skip_derivatives: bool = False
+    ) -> pb.Asset:
+        """Stream a file as the asset's original (UploadOriginal)."""
+        asset: pb.Asset = await self._call(
+            self.stub.UploadOriginal, _upload_messages(asset_id, path, content_type, skip_derivatives)
+        )
+        return asset
+
     async def put_asset(
         self, asset_id: str, data: bytes, content_type: str = "", skip_derivatives: bool = False
     ) -> pb.Asset:
+        """Store bytes held in memory as the asset's original (PutAsset)."""
         request = pb.PutAssetRequest(
             asset_id=asset_id, data=data, content_type=content_type, skip_derivatives=skip_derivatives
         )
-        asset: pb.Asset = await self.stub.PutAsset(request)
+        asset: pb.Asset = await self._call(self.stub.PutAsset, request)
         return asset
 
     async def get_asset(self, asset_id: str) -> pb.Asset:
-        asset: pb.Asset = await self.stub.GetAsset(pb.GetAssetRequest(asset_id=asset_id))
+        asset: pb.Asset = await self._call(self.stub.GetAsset, pb.GetAssetRequest(asset_id=asset_id))
         return asset
+
+    async def list_asset_ids(self, page_size: int = 1000) -> AsyncIterator[str]:
+        token = ""
+        while True:
+            request = pb.ListAssetsRequest(page_size=page_size, page_token=token)
+            page = await self._call(self.stub.ListAssets, request)
+            for asset_id in page.asset_ids:
+                yield asset_id
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def put_work(
+        self, work_id: str, title: str, member_asset_ids: Iterable[str], creator: str = "", url: str = ""
+    ) -> pb.Work:
+        request = pb.PutWorkRequest(
+            work_id=work_id, title=title, member_asset_ids=list(member_asset_ids), creator=creator, url=url
+        )
+        work: pb.Work = await self._call(self.stub.PutWork, request)
+        return work
+
+    async def get_work(self, work_id: str) -> pb.Work:
+        work: pb.Work = await self._call(self.stub.GetWork, pb.GetWorkRequest(work_id=work_id))
+        return work
+
+    async def work_members(self, work_id: str) -> list[str]:
+        return list((await self.get_work(work_id)).member_asset_ids)
+
+    # --- derivatives and jobs -----------------------------------------------------------------
 
     async def create_derivatives(
         self, asset_ids: Iterable[str], only: Iterable[str] = (), exclude: Iterable[str] = (), lazy: bool = False
@@ -155,19 +319,60 @@ class AsyncClient:
         request = pb.CreateDerivativesRequest(
             asset_ids=list(asset_ids), only=list(only), exclude=list(exclude), lazy=lazy
         )
-        job: pb.Job = await self.stub.CreateDerivatives(request)
+        job: pb.Job = await self._call(self.stub.CreateDerivatives, request)
         return job
 
     async def get_job(self, job_id: str) -> pb.Job:
-        job: pb.Job = await self.stub.GetJob(pb.GetJobRequest(job_id=job_id))
+        job: pb.Job = await self._call(self.stub.GetJob, pb.GetJobRequest(job_id=job_id))
         return job
 
     async def watch(self, job_id: str = "", bundle_id: str = "", after_seq: int = 0) -> AsyncIterator[pb.ProgressEvent]:
-        async for event in self.stub.WatchProgress(_watch_request(job_id, bundle_id, after_seq)):
-            yield event
+        """Progress events until the final one; reconnects with `after_seq` if the stream drops."""
+        last, retries = after_seq, 0
+        while True:
+            try:
+                async for event in self.stub.WatchProgress(_watch_request(job_id, bundle_id, last)):
+                    retries = 0
+                    last = max(last, event.seq)
+                    yield event
+                return
+            except grpc.RpcError as exc:
+                if not _retryable(exc, retries):
+                    raise ClientError.from_rpc(exc) from None
+                retries += 1
+                await asyncio.sleep(0.5 * retries)
+
+    # --- bundles ------------------------------------------------------------------------------
+
+    async def find_or_create_bundle(self, work_id: str, kind: str) -> pb.Bundle:
+        """The work's bundle of `kind` ("pdf" or "zip"): built, or being built (watch it)."""
+        request = pb.FindOrCreateBundleRequest(work_id=work_id, kind=_bundle_kind(kind))
+        bundle: pb.Bundle = await self._call(self.stub.FindOrCreateBundle, request)
+        return bundle
+
+    async def download_bundle(self, bundle: pb.Bundle, target: Path) -> None:
+        """Fetch a built bundle: from its presigned URL when there is one, else through ReadBundle.
+
+        Writes to a temporary file beside `target` and renames it, so a failed download leaves nothing.
+        """
+        partial = target.with_name(target.name + ".part")
+        try:
+            if bundle.url:
+                await asyncio.to_thread(_fetch_url, bundle.url, partial)
+            else:
+                out = await asyncio.to_thread(partial.open, "wb")
+                try:
+                    async for part in self.stub.ReadBundle(pb.ReadBundleRequest(bundle_id=bundle.bundle_id)):
+                        await asyncio.to_thread(out.write, part.chunk)
+                except grpc.RpcError as exc:
+                    raise ClientError.from_rpc(exc) from None
+                finally:
+                    await asyncio.to_thread(out.close)
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
-def _watch_request(job_id: str, bundle_id: str, after_seq: int) -> pb.WatchProgressRequest:
-    if job_id:
-        return pb.WatchProgressRequest(job_id=job_id, after_seq=after_seq)
-    return pb.WatchProgressRequest(bundle_id=bundle_id, after_seq=after_seq)
+def _fetch_url(url: str, path: Path) -> None:
+    with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
+        shutil.copyfileobj(response, out, CHUNK)

@@ -6,6 +6,7 @@ import logging
 import re
 import select
 import time
+import warnings
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -54,7 +55,11 @@ class EmbeddedPostgres:
         self._server: Any = None
 
     def start(self) -> str:
-        import pgserver  # imported here: production with DATABASE_URL never needs it
+        with warnings.catch_warnings():
+            # pgserver asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR it falls back
+            # to /tmp/runtime-<uid> (fine) and warns on every start.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+            import pgserver  # imported here: production with DATABASE_URL never needs it
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")

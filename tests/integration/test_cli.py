@@ -73,3 +73,28 @@ def test_bundle_builds_with_a_bar_and_downloads(stub, server: ServerProcess, tmp
     again = run(server, "bundle", work_id, "--zip", "-o", str(tmp_path / "again.zip"), "--quiet")  # cached now
     assert again.returncode == 0 and (tmp_path / "again.zip").stat().st_size == target.stat().st_size
     assert run(server, "bundle", "no-such-work", "--pdf").returncode == 1
+
+
+def test_put_prints_the_job_it_starts_and_watch_follows_it(server: ServerProcess, tmp_path: Path) -> None:
+    original = tmp_path / "scan.jpg"
+    original.write_bytes(images.jpeg(700, 500))
+    asset_id = f"cli-{uuid.uuid4().hex[:8]}"
+    put = run(server, "put", asset_id, str(original))
+    assert put.returncode == 0, put.stderr
+    job_id = put.stderr.split("job ", 1)[1].split(":", 1)[0]
+    watched = run(server, "watch", job_id)
+    assert watched.returncode == 0, watched.stderr
+    assert "1/1" in watched.stderr
+
+
+def test_watch_of_an_unknown_job_prints_the_error_without_a_bar(server: ServerProcess) -> None:
+    out = run(server, "watch", str(uuid.uuid4()))
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: NOT_FOUND: job ")
+    assert "it/s" not in out.stderr and "item" not in out.stderr  # no tqdm bar was drawn
+
+
+def test_invalid_arguments_list_each_field(server: ServerProcess) -> None:
+    out = run(server, "create-all", "--asset", "x", "--only", "nope,also_nope")
+    assert out.returncode == 1
+    assert "  only[0]: unknown key 'nope'" in out.stderr and "  only[1]: unknown key 'also_nope'" in out.stderr
