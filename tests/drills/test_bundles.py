@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -13,10 +14,10 @@ import psycopg
 from derivatives.v1 import derivatives_pb2 as pb
 from tests import images
 from tests.harness import Postgres, S3Endpoint, ServerProcess, server_env
-from tests.integration.rpc import expect_error
+from tests.helpers import Stub, expect_error
 
 
-def _work(stub, n: int, maker=lambda: images.tiff(1500, 1000)) -> str:  # type: ignore[no-untyped-def]
+def _work(stub: Stub, n: int, maker: Callable[[], bytes] = lambda: images.tiff(1500, 1000)) -> str:
     ids = [f"k{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
     data = maker()  # distinct assets, the same bytes: each still needs its own page derivative
     for asset_id in ids:

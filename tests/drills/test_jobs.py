@@ -12,7 +12,7 @@ from derivatives.v1 import derivatives_pb2 as pb
 from derivatives.v1 import derivatives_pb2_grpc
 from tests import images
 from tests.harness import ROOT, Postgres, ServerProcess, server_env
-from tests.integration.jobs import wait_job
+from tests.helpers import wait_job
 
 ASSETS = 24  # with one worker process: seconds of work, so a kill lands mid-job
 

@@ -14,7 +14,7 @@ from derivatives.v1 import derivatives_pb2 as pb
 from derivatives.v1 import derivatives_pb2_grpc
 from tests import images
 from tests.harness import Postgres, S3Endpoint, ServerProcess, server_env
-from tests.integration.rpc import expect_error
+from tests.helpers import expect_error
 
 pytestmark = pytest.mark.drill
 

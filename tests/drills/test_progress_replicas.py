@@ -11,7 +11,7 @@ import grpc
 from derivatives.v1 import derivatives_pb2 as pb
 from tests import images
 from tests.harness import Postgres, ServerProcess, server_env
-from tests.integration.rpc import expect_error
+from tests.helpers import expect_error
 
 
 def test_watcher_on_a_poolless_server_sees_heartbeats_then_a_job_run_elsewhere(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from derivatives.v1 import derivatives_pb2 as pb
 from tests import images
 from tests.harness import ServerProcess
-from tests.integration.rpc import expect_error, field_violations
+from tests.helpers import Stub, expect_error, field_violations
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -20,7 +22,7 @@ def new_id(prefix: str = "a") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def put(stub, asset_id: str, data: bytes, content_type: str = "", **kw) -> pb.Asset:  # type: ignore[no-untyped-def]
+def put(stub: Stub, asset_id: str, data: bytes, content_type: str = "", **kw: Any) -> pb.Asset:
     return stub.PutAsset(
         pb.PutAssetRequest(asset_id=asset_id, content_type=content_type, data=data, skip_derivatives=True, **kw)
     )
@@ -30,7 +32,7 @@ def objects(server: ServerProcess, bucket: str, prefix: str) -> list[str]:
     return sorted(o.key for o in server.storage().list(bucket, prefix))
 
 
-def test_put_and_get_round_trip(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_put_and_get_round_trip(stub: Stub, server: ServerProcess) -> None:
     data = images.jpeg(640, 480)
     asset_id = new_id()
     put_reply = put(stub, asset_id, data, "image/jpeg", filename="scan.jpg")
@@ -54,13 +56,15 @@ def test_put_and_get_round_trip(stub, server: ServerProcess) -> None:  # type: i
         (images.webp, "image/webp", (320, 200)),
     ],
 )
-def test_formats_are_sniffed_without_a_declaration(stub, maker, content_type, size) -> None:  # type: ignore[no-untyped-def]
+def test_formats_are_sniffed_without_a_declaration(
+    stub: Stub, maker: Callable[[], bytes], content_type: str, size: tuple[int, int]
+) -> None:
     asset = put(stub, new_id(), maker())
     assert asset.content_type == content_type
     assert (asset.width, asset.height) == size
 
 
-def test_replacing_the_original_deletes_the_old_bytes(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_replacing_the_original_deletes_the_old_bytes(stub: Stub, server: ServerProcess) -> None:
     asset_id = new_id()
     first = put(stub, asset_id, images.jpeg(300, 200))
     second = put(stub, asset_id, images.png(100, 50))
@@ -70,7 +74,7 @@ def test_replacing_the_original_deletes_the_old_bytes(stub, server: ServerProces
     assert objects(server, second.original.bucket, f"{asset_id}/") == [second.original.key]
 
 
-def test_same_bytes_again_keep_the_stored_original(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_same_bytes_again_keep_the_stored_original(stub: Stub, server: ServerProcess) -> None:
     asset_id = new_id()
     data = images.jpeg(200, 100)
     first = put(stub, asset_id, data)
@@ -79,11 +83,11 @@ def test_same_bytes_again_keep_the_stored_original(stub, server: ServerProcess) 
     assert objects(server, first.original.bucket, f"{asset_id}/") == [first.original.key]
 
 
-def test_upload_original_streams_chunks(stub) -> None:  # type: ignore[no-untyped-def]
+def test_upload_original_streams_chunks(stub: Stub) -> None:
     data = images.tiff(900, 700)
     asset_id = new_id()
 
-    def messages():  # type: ignore[no-untyped-def]
+    def messages() -> Iterator[pb.UploadOriginalRequest]:
         yield pb.UploadOriginalRequest(
             header=pb.UploadOriginalHeader(
                 asset_id=asset_id, skip_derivatives=True, expected_sha512=hashlib.sha512(data).hexdigest()
@@ -96,7 +100,7 @@ def test_upload_original_streams_chunks(stub) -> None:  # type: ignore[no-untype
     assert (asset.content_type, asset.size_bytes, asset.width, asset.height) == ("image/tiff", len(data), 900, 700)
 
 
-def test_upload_original_checks_expected_sha_and_stores_nothing(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_upload_original_checks_expected_sha_and_stores_nothing(stub: Stub, server: ServerProcess) -> None:
     asset_id = new_id()
     header = pb.UploadOriginalHeader(asset_id=asset_id, expected_sha512="0" * 128)
     err = expect_error(
@@ -109,7 +113,7 @@ def test_upload_original_checks_expected_sha_and_stores_nothing(stub, server: Se
     assert objects(server, server.settings.bucket_originals, f"{asset_id}/") == []
 
 
-def test_upload_original_names_the_header_field_of_a_wrong_content_type(stub) -> None:  # type: ignore[no-untyped-def]
+def test_upload_original_names_the_header_field_of_a_wrong_content_type(stub: Stub) -> None:
     """Core says `content_type`; a streamed upload carries it in its header, and the error says so."""
     header = pb.UploadOriginalHeader(asset_id=new_id(), content_type="image/png")
     err = expect_error(
@@ -121,14 +125,14 @@ def test_upload_original_names_the_header_field_of_a_wrong_content_type(stub) ->
     assert err.details().startswith("header.content_type: ")
 
 
-def test_upload_original_needs_a_header_first(stub) -> None:  # type: ignore[no-untyped-def]
+def test_upload_original_needs_a_header_first(stub: Stub) -> None:
     err = expect_error(INVALID, stub.UploadOriginal, iter([pb.UploadOriginalRequest(chunk=b"abc")]))
     assert "header" in field_violations(err)
     err = expect_error(INVALID, stub.UploadOriginal, iter([]))
     assert "header" in field_violations(err)
 
 
-def test_put_from_storage_ref_copies_the_object(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_put_from_storage_ref_copies_the_object(stub: Stub, server: ServerProcess) -> None:
     storage = server.storage()
     bucket = server.settings.bucket_originals
     data = images.png(64, 32)
@@ -160,7 +164,7 @@ def test_put_from_storage_ref_copies_the_object(stub, server: ServerProcess) -> 
     assert "storage_ref.key" in field_violations(err)
 
 
-def test_inline_data_of_40_mib_is_accepted(stub) -> None:  # type: ignore[no-untyped-def]
+def test_inline_data_of_40_mib_is_accepted(stub: Stub) -> None:
     data = b"\x00" * (40 * 1024 * 1024)
     asset = put(stub, new_id(), data, "application/octet-stream")
     assert asset.size_bytes == len(data)
@@ -181,7 +185,9 @@ def test_inline_data_of_40_mib_is_accepted(stub) -> None:  # type: ignore[no-unt
         (pb.PutAssetRequest(asset_id="ok-id", data=b"plain words", content_type="image/tiff"), "content_type"),
     ],
 )
-def test_bad_put_requests_name_the_field(stub, server: ServerProcess, request_, field) -> None:  # type: ignore[no-untyped-def]
+def test_bad_put_requests_name_the_field(
+    stub: Stub, server: ServerProcess, request_: pb.PutAssetRequest, field: str
+) -> None:
     err = expect_error(INVALID, stub.PutAsset, request_)
     assert field in field_violations(err)
     if request_.asset_id == "ok-id":  # a failed put leaves no object and no row
@@ -189,20 +195,20 @@ def test_bad_put_requests_name_the_field(stub, server: ServerProcess, request_, 
         assert objects(server, server.settings.bucket_originals, "ok-id/") == []
 
 
-def test_non_image_with_a_declared_type_is_stored(stub) -> None:  # type: ignore[no-untyped-def]
+def test_non_image_with_a_declared_type_is_stored(stub: Stub) -> None:
     asset = put(stub, new_id(), b"", "application/octet-stream")
     assert (asset.size_bytes, asset.content_type) == (0, "application/octet-stream")
     asset = put(stub, new_id(), images.jpeg(40, 40)[:300], "image/jpg")  # truncated but still a JPEG
     assert asset.content_type == "image/jpeg"
 
 
-def test_get_and_delete_unknown_asset(stub) -> None:  # type: ignore[no-untyped-def]
+def test_get_and_delete_unknown_asset(stub: Stub) -> None:
     expect_error(grpc.StatusCode.NOT_FOUND, stub.GetAsset, pb.GetAssetRequest(asset_id="never-was"))
     expect_error(grpc.StatusCode.NOT_FOUND, stub.DeleteAsset, pb.DeleteAssetRequest(asset_id="never-was"))
     assert "asset_id" in field_violations(expect_error(INVALID, stub.GetAsset, pb.GetAssetRequest()))
 
 
-def test_delete_removes_row_and_bytes(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_delete_removes_row_and_bytes(stub: Stub, server: ServerProcess) -> None:
     asset_id = new_id()
     asset = put(stub, asset_id, images.jpeg(100, 100))
     stub.DeleteAsset(pb.DeleteAssetRequest(asset_id=asset_id))

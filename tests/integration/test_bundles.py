@@ -16,45 +16,20 @@ import pypdf
 from derivatives.v1 import derivatives_pb2 as pb
 from tests import images
 from tests.harness import ServerProcess
-from tests.integration.rpc import expect_error, field_violations
-from tests.integration.test_grpcurl import grpcurl_stream
-
-PDF, ZIP = pb.BUNDLE_KIND_PDF, pb.BUNDLE_KIND_ZIP
-
-
-def make_work(stub, originals: list[bytes], title: str = "Letters from the Front, 1916") -> tuple[str, list[str]]:  # type: ignore[no-untyped-def]
-    ids = [f"b-{uuid.uuid4().hex[:8]}" for _ in originals]
-    for asset_id, data in zip(ids, originals, strict=True):
-        stub.PutAsset(pb.PutAssetRequest(asset_id=asset_id, data=data, skip_derivatives=True))
-    work_id = f"w-{uuid.uuid4().hex[:8]}"
-    stub.PutWork(
-        pb.PutWorkRequest(
-            work_id=work_id,
-            title=title,
-            member_asset_ids=ids,
-            creator="Science History Institute",
-            url="https://example.org/works/1",
-        )
-    )
-    return work_id, ids
+from tests.helpers import (
+    PDF,
+    ZIP,
+    Stub,
+    expect_error,
+    field_violations,
+    grpcurl_stream,
+    make_work,
+    read_bundle,
+    wait_bundle,
+)
 
 
-def wait_bundle(stub, work_id: str, kind: int) -> pb.Bundle:  # type: ignore[no-untyped-def]
-    bundle = stub.FindOrCreateBundle(pb.FindOrCreateBundleRequest(work_id=work_id, kind=kind))
-    if bundle.status == pb.BUNDLE_STATUS_IN_PROGRESS:
-        events = list(stub.WatchProgress(pb.WatchProgressRequest(bundle_id=bundle.bundle_id), timeout=300))
-        assert events[-1].WhichOneof("result") == "bundle"
-        bundle = events[-1].bundle
-    return bundle
-
-
-def read_bundle(stub, bundle: pb.Bundle, offset: int = 0) -> bytes:  # type: ignore[no-untyped-def]
-    return b"".join(
-        r.chunk for r in stub.ReadBundle(pb.ReadBundleRequest(bundle_id=bundle.bundle_id, offset=offset), timeout=120)
-    )
-
-
-def test_pdf_has_one_page_per_member_in_order_and_metadata(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_pdf_has_one_page_per_member_in_order_and_metadata(stub: Stub, server: ServerProcess) -> None:
     sizes = [(1600, 1200), (1300, 2000), (900, 700), (2000, 1500)]  # one narrower than 1200: its JPEG serves
     originals = [images.jpeg(w, h) for w, h in sizes[:2]] + [images.jpeg(*sizes[2]), images.tiff(*sizes[3])]
     work_id, ids = make_work(stub, originals)
@@ -65,6 +40,7 @@ def test_pdf_has_one_page_per_member_in_order_and_metadata(stub, server: ServerP
     assert len(data) == bundle.size_bytes
     pdf = pypdf.PdfReader(io.BytesIO(data))
     assert len(pdf.pages) == 4
+    assert pdf.metadata is not None
     assert pdf.metadata.title == "Letters from the Front, 1916"
     assert pdf.metadata.author == "Science History Institute"
     expected_px = [(1200, 900), (1200, 1846), (900, 700), (1200, 900)]
@@ -72,7 +48,9 @@ def test_pdf_has_one_page_per_member_in_order_and_metadata(stub, server: ServerP
         assert (
             abs(float(page.mediabox.width) - w * 72 / 150) < 1 and abs(float(page.mediabox.height) - h * 72 / 150) < 2
         )
-    assert [o.title for o in pdf.outline] == [f"Page {i + 1} ({a})" for i, a in enumerate(ids)]
+    assert [o.title for o in pdf.outline if not isinstance(o, list)] == [
+        f"Page {i + 1} ({a})" for i, a in enumerate(ids)
+    ]
     assert pdf.page_labels == ["1", "2", "3", "4"]
     if server.settings.storage == "s3":
         assert bundle.url and bundle.url_expires_at.seconds > time.time()
@@ -81,7 +59,7 @@ def test_pdf_has_one_page_per_member_in_order_and_metadata(stub, server: ServerP
             assert f'filename="{bundle.filename}"' in response.headers["Content-Disposition"]
 
 
-def test_zip_lists_every_member_in_order_plus_about(stub) -> None:  # type: ignore[no-untyped-def]
+def test_zip_lists_every_member_in_order_plus_about(stub: Stub) -> None:
     jpeg = images.jpeg(800, 600)
     work_id, ids = make_work(stub, [jpeg, images.png(500, 400), jpeg])
     bundle = wait_bundle(stub, work_id, ZIP)
@@ -102,7 +80,7 @@ def test_zip_lists_every_member_in_order_plus_about(stub) -> None:  # type: igno
     assert read_bundle(stub, bundle, offset=100) == data[100:]
 
 
-def test_200_concurrent_requests_make_one_build(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_200_concurrent_requests_make_one_build(stub: Stub, server: ServerProcess) -> None:
     work_id, _ = make_work(stub, [images.jpeg(1500, 1000) for _ in range(3)])
     replies: list[pb.Bundle] = []
     errors: list[BaseException] = []
@@ -134,7 +112,7 @@ def test_200_concurrent_requests_make_one_build(stub, server: ServerProcess) -> 
     assert wait_bundle(stub, work_id, PDF).status == pb.BUNDLE_STATUS_SUCCESS
 
 
-def test_changed_member_gives_a_new_checksum_and_build(stub) -> None:  # type: ignore[no-untyped-def]
+def test_changed_member_gives_a_new_checksum_and_build(stub: Stub) -> None:
     work_id, ids = make_work(stub, [images.jpeg(700, 500), images.jpeg(600, 500)])
     first = wait_bundle(stub, work_id, ZIP)
     again = stub.FindOrCreateBundle(pb.FindOrCreateBundleRequest(work_id=work_id, kind=ZIP))
@@ -147,7 +125,7 @@ def test_changed_member_gives_a_new_checksum_and_build(stub) -> None:  # type: i
     assert len(names) == 3
 
 
-def test_vanished_object_is_rebuilt(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_vanished_object_is_rebuilt(stub: Stub, server: ServerProcess) -> None:
     work_id, _ = make_work(stub, [images.jpeg(500, 400)])
     bundle = wait_bundle(stub, work_id, ZIP)
     with psycopg.connect(server.env["DATABASE_URL"]) as conn:
@@ -163,7 +141,7 @@ def test_vanished_object_is_rebuilt(stub, server: ServerProcess) -> None:  # typ
     assert server.storage().stat(bucket, key) is not None
 
 
-def test_unrenderable_member_fails_the_build_naming_it(stub) -> None:  # type: ignore[no-untyped-def]
+def test_unrenderable_member_fails_the_build_naming_it(stub: Stub) -> None:
     # A truncated PNG: its header says 600 px wide, but no JPEG can be rendered from it.
     work_id, ids = make_work(stub, [images.jpeg(600, 400), images.png(600, 400)[:400]])
     bundle = wait_bundle(stub, work_id, PDF)
@@ -175,7 +153,7 @@ def test_unrenderable_member_fails_the_build_naming_it(stub) -> None:  # type: i
     assert again.status == pb.BUNDLE_STATUS_ERROR  # not retried before DERIVATIVES_BUNDLE_ERROR_RETRY
 
 
-def test_non_image_member_fails_with_its_name(stub) -> None:  # type: ignore[no-untyped-def]
+def test_non_image_member_fails_with_its_name(stub: Stub) -> None:
     ok = f"b-{uuid.uuid4().hex[:8]}"
     text = f"b-{uuid.uuid4().hex[:8]}"
     stub.PutAsset(pb.PutAssetRequest(asset_id=ok, data=images.jpeg(300, 200), skip_derivatives=True))
@@ -189,7 +167,7 @@ def test_non_image_member_fails_with_its_name(stub) -> None:  # type: ignore[no-
     assert events[-1].stage == pb.STAGE_FAILED and text in events[-1].error.message
 
 
-def test_bundle_bad_input(stub) -> None:  # type: ignore[no-untyped-def]
+def test_bundle_bad_input(stub: Stub) -> None:
     expect_error(
         grpc.StatusCode.NOT_FOUND,
         stub.FindOrCreateBundle,
@@ -207,7 +185,9 @@ def test_bundle_bad_input(stub) -> None:  # type: ignore[no-untyped-def]
     )
     assert "kind" in field_violations(err)
     err = expect_error(
-        grpc.StatusCode.INVALID_ARGUMENT, stub.FindOrCreateBundle, pb.FindOrCreateBundleRequest(work_id=work_id, kind=7)
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.FindOrCreateBundle,
+        pb.FindOrCreateBundleRequest(work_id=work_id, kind=7),  # type: ignore[arg-type]  # no such kind: on purpose
     )
     assert "kind" in field_violations(err)
     expect_error(
@@ -220,7 +200,7 @@ def test_bundle_bad_input(stub) -> None:  # type: ignore[no-untyped-def]
     )
 
 
-def test_grpcurl_watches_a_bundle_build_to_completion(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_grpcurl_watches_a_bundle_build_to_completion(stub: Stub, server: ServerProcess) -> None:
     work_id, _ = make_work(stub, [images.tiff(1400, 1000) for _ in range(3)])
     bundle = stub.FindOrCreateBundle(pb.FindOrCreateBundleRequest(work_id=work_id, kind=PDF))
     events = grpcurl_stream(server, "WatchProgress", {"bundle_id": bundle.bundle_id})

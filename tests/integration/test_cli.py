@@ -10,6 +10,7 @@ from pathlib import Path
 from derivatives.v1 import derivatives_pb2 as pb
 from tests import images
 from tests.harness import ServerProcess
+from tests.helpers import Stub
 
 CLI = str(Path(sys.executable).parent / "derivatives")
 
@@ -18,7 +19,7 @@ def run(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CLI, "--address", server.address, *args], capture_output=True, text=True, timeout=300)
 
 
-def test_create_all_for_a_work_shows_a_progress_bar(stub, server: ServerProcess, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_create_all_for_a_work_shows_a_progress_bar(stub: Stub, server: ServerProcess, tmp_path: Path) -> None:
     ids = [f"cli-{uuid.uuid4().hex[:8]}" for _ in range(5)]
     original = tmp_path / "page.tif"
     original.write_bytes(images.tiff(700, 500))
@@ -47,7 +48,7 @@ def test_cli_reports_errors_without_traceback(server: ServerProcess) -> None:
     assert out.returncode == 1 and "INVALID_ARGUMENT" in out.stderr
 
 
-def test_watch_follows_a_job_to_the_end(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_watch_follows_a_job_to_the_end(stub: Stub, server: ServerProcess) -> None:
     asset_id = f"cli-{uuid.uuid4().hex[:8]}"
     stub.PutAsset(pb.PutAssetRequest(asset_id=asset_id, data=images.jpeg(900, 600), skip_derivatives=True))
     job = stub.CreateDerivatives(pb.CreateDerivativesRequest(asset_ids=[asset_id]))
@@ -57,7 +58,7 @@ def test_watch_follows_a_job_to_the_end(stub, server: ServerProcess) -> None:  #
     assert run(server, "watch", str(uuid.uuid4())).returncode == 1
 
 
-def test_bundle_builds_with_a_bar_and_downloads(stub, server: ServerProcess, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bundle_builds_with_a_bar_and_downloads(stub: Stub, server: ServerProcess, tmp_path: Path) -> None:
     import zipfile
 
     ids = [f"cb-{uuid.uuid4().hex[:8]}" for _ in range(3)]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -11,8 +13,7 @@ import pytest
 from derivatives.v1 import derivatives_pb2 as pb
 from tests import images
 from tests.harness import ServerProcess
-from tests.integration.jobs import wait_derivatives_created, wait_job
-from tests.integration.rpc import expect_error, field_violations
+from tests.helpers import Stub, expect_error, field_violations, wait_derivatives_created, wait_job
 
 THUMBS = {
     "thumb_mini": 54,
@@ -29,7 +30,7 @@ def new_id(prefix: str = "d") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def put(stub, data: bytes, content_type: str = "", skip: bool = True, asset_id: str = "") -> pb.Asset:  # type: ignore[no-untyped-def]
+def put(stub: Stub, data: bytes, content_type: str = "", skip: bool = True, asset_id: str = "") -> pb.Asset:
     return stub.PutAsset(
         pb.PutAssetRequest(asset_id=asset_id or new_id(), data=data, content_type=content_type, skip_derivatives=skip)
     )
@@ -39,7 +40,7 @@ def by_key(asset: pb.Asset) -> dict[str, pb.Derivative]:
     return {d.key: d for d in asset.derivatives}
 
 
-def test_definitions_are_listed(stub) -> None:  # type: ignore[no-untyped-def]
+def test_definitions_are_listed(stub: Stub) -> None:
     defs = stub.ListDerivativeDefinitions(pb.ListDerivativeDefinitionsRequest()).definitions
     keys = {d.key for d in defs}
     assert set(THUMBS) | set(DOWNLOADS) | {"download_full"} == keys
@@ -58,7 +59,9 @@ def test_definitions_are_listed(stub) -> None:  # type: ignore[no-untyped-def]
     ],
     ids=["jpeg", "tiff16", "png-rgba", "tiff-gray"],
 )
-def test_every_default_derivative_is_made_with_the_right_size(stub, server: ServerProcess, maker, size, full) -> None:  # type: ignore[no-untyped-def]
+def test_every_default_derivative_is_made_with_the_right_size(
+    stub: Stub, server: ServerProcess, maker: Callable[[], bytes], size: tuple[int, int], full: bool
+) -> None:
     asset = put(stub, maker(), skip=False)  # the put itself queues the default set
     asset = wait_derivatives_created(stub, asset.asset_id)
     made = by_key(asset)
@@ -83,7 +86,7 @@ def test_every_default_derivative_is_made_with_the_right_size(stub, server: Serv
     assert not asset.derivative_failures
 
 
-def test_pdf_first_page_thumbnails(stub) -> None:  # type: ignore[no-untyped-def]
+def test_pdf_first_page_thumbnails(stub: Stub) -> None:
     asset = put(stub, images.pdf(pages=2), skip=False)
     assert asset.content_type == "application/pdf"
     asset = wait_derivatives_created(stub, asset.asset_id)
@@ -94,7 +97,7 @@ def test_pdf_first_page_thumbnails(stub) -> None:  # type: ignore[no-untyped-def
         assert abs(made[key].height - round(w * 792 / 612)) <= 1
 
 
-def test_only_exclude_and_lazy(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_only_exclude_and_lazy(stub: Stub, server: ServerProcess) -> None:
     asset = put(stub, images.jpeg(1300, 1000))
     job = stub.CreateDerivatives(
         pb.CreateDerivativesRequest(
@@ -121,7 +124,7 @@ def test_only_exclude_and_lazy(stub, server: ServerProcess) -> None:  # type: ig
     assert listed == {d.location.key for d in remade.values()}  # replaced bytes were deleted
 
 
-def test_bad_originals_fail_with_reasons_and_others_finish(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_bad_originals_fail_with_reasons_and_others_finish(stub: Stub, server: ServerProcess) -> None:
     good = put(stub, images.jpeg(700, 500))
     truncated = put(stub, images.jpeg(700, 500)[:2000])
     garbage = put(stub, b"\xff\xd8\xff\xe0" + b"\x00garbage" * 100)
@@ -150,7 +153,7 @@ def test_bad_originals_fail_with_reasons_and_others_finish(stub, server: ServerP
     wait_derivatives_created(stub, again.asset_id)
 
 
-def test_create_derivatives_bad_input(stub) -> None:  # type: ignore[no-untyped-def]
+def test_create_derivatives_bad_input(stub: Stub) -> None:
     asset = put(stub, images.jpeg(100, 100))
     err = expect_error(
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -174,13 +177,13 @@ def test_create_derivatives_bad_input(stub) -> None:  # type: ignore[no-untyped-
     expect_error(grpc.StatusCode.NOT_FOUND, stub.GetJob, pb.GetJobRequest(job_id=str(uuid.uuid4())))
 
 
-def _update(stub, asset_id: str, key: str, data: bytes, **header) -> pb.Derivative:  # type: ignore[no-untyped-def]
+def _update(stub: Stub, asset_id: str, key: str, data: bytes, **header: Any) -> pb.Derivative:
     messages = [pb.UpdateDerivativeRequest(header=pb.UpdateDerivativeHeader(asset_id=asset_id, key=key, **header))]
     messages += [pb.UpdateDerivativeRequest(chunk=data[i : i + 5000]) for i in range(0, len(data), 5000)]
     return stub.UpdateDerivative(iter(messages))
 
 
-def test_update_and_remove_derivative(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_update_and_remove_derivative(stub: Stub, server: ServerProcess) -> None:
     asset = put(stub, images.jpeg(400, 300))
     data = images.png(40, 30)
     made = _update(
@@ -220,7 +223,7 @@ def test_update_and_remove_derivative(stub, server: ServerProcess) -> None:  # t
     )
 
 
-def test_new_original_drops_old_derivatives(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_new_original_drops_old_derivatives(stub: Stub, server: ServerProcess) -> None:
     asset = wait_derivatives_created(stub, put(stub, images.jpeg(600, 400), skip=False).asset_id)
     old = [(d.location.bucket, d.location.key) for d in asset.derivatives]
     assert old

@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 from tests import images
 from tests.harness import ServerProcess
-
-GRPCURL = str(Path(sys.executable).parent / "grpcurl")
-
-
-def grpcurl(server: ServerProcess, *args: str, data: dict | None = None) -> subprocess.CompletedProcess[str]:  # type: ignore[type-arg]
-    cmd = [GRPCURL, "-plaintext", "-max-msg-sz", str(64 << 20)]
-    if data is not None:
-        cmd += ["-d", "@"]
-    cmd += [server.address, *args]
-    return subprocess.run(
-        cmd, input=json.dumps(data) if data is not None else None, capture_output=True, text=True, timeout=60
-    )
+from tests.helpers import grpcurl
 
 
 def test_list_and_describe(server: ServerProcess) -> None:
@@ -70,15 +56,3 @@ def test_errors_show_code_and_field(server: ServerProcess) -> None:
     assert out.returncode != 0
     assert "InvalidArgument" in out.stderr and "asset_id" in out.stderr
     assert "Traceback" not in out.stderr
-
-
-def grpcurl_stream(server: ServerProcess, method: str, data: dict) -> list[dict]:  # type: ignore[type-arg]
-    """Run a server-streaming call through grpcurl; its JSON messages, in order."""
-    out = grpcurl(server, f"derivatives.v1.DerivativeService/{method}", data=data)
-    assert out.returncode == 0, out.stderr
-    decoder, text, messages = json.JSONDecoder(), out.stdout.strip(), []
-    while text:
-        message, end = decoder.raw_decode(text)
-        messages.append(message)
-        text = text[end:].strip()
-    return messages

@@ -19,7 +19,7 @@ from core.records import BundleKind, Member, Work
 from derivatives.v1 import derivatives_pb2 as pb
 from tests import images
 from tests.harness import ServerProcess
-from tests.integration.test_bundles import ZIP, make_work, wait_bundle
+from tests.helpers import ZIP, Stub, make_work, wait_bundle
 
 
 def stored_inputs(server: ServerProcess, work_id: str) -> dict[str, tuple[str, str]]:
@@ -44,7 +44,7 @@ def computed_checksum(server: ServerProcess, work_id: str, kind: BundleKind) -> 
     return checksum(Work.from_row(work, [m.asset_id for m in members]), members, kind, load_registry(), server.settings)
 
 
-def test_put_work_stores_the_inputs_checksum_of_both_kinds(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_put_work_stores_the_inputs_checksum_of_both_kinds(stub: Stub, server: ServerProcess) -> None:
     work_id, _ = make_work(stub, [images.jpeg(300, 200), images.jpeg(200, 300)])
     stored = stored_inputs(server, work_id)
     assert set(stored) == {"pdf", "zip"}
@@ -53,7 +53,9 @@ def test_put_work_stores_the_inputs_checksum_of_both_kinds(stub, server: ServerP
     assert stored["zip"][1] == fingerprint(load_registry(), server.settings)
 
 
-def test_a_member_replaced_during_a_burst_of_hits_gives_the_new_checksum_at_once(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_a_member_replaced_during_a_burst_of_hits_gives_the_new_checksum_at_once(
+    stub: Stub, server: ServerProcess
+) -> None:
     work_id, ids = make_work(stub, [images.jpeg(400, 300), images.jpeg(300, 400)])
     old = wait_bundle(stub, work_id, ZIP)
     committed = threading.Event()
@@ -84,7 +86,7 @@ def test_a_member_replaced_during_a_burst_of_hits_gives_the_new_checksum_at_once
     assert set(after_commit) == {computed_checksum(server, work_id, BundleKind.ZIP)}
 
 
-def test_hits_write_the_access_at_most_once_per_flush_interval(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_hits_write_the_access_at_most_once_per_flush_interval(stub: Stub, server: ServerProcess) -> None:
     work_id, _ = make_work(stub, [images.jpeg(300, 200)])
     bundle = wait_bundle(stub, work_id, ZIP)
 
@@ -94,7 +96,8 @@ def test_hits_write_the_access_at_most_once_per_flush_interval(stub, server: Ser
                 "SELECT last_accessed_at FROM bundles WHERE bundle_id = %s", (bundle.bundle_id,)
             ).fetchone()
         assert row is not None
-        return row[0]  # type: ignore[no-any-return]
+        value: dt.datetime = row[0]
+        return value
 
     with psycopg.connect(server.env["DATABASE_URL"]) as conn:  # accessed just now
         conn.execute("UPDATE bundles SET last_accessed_at = now() WHERE bundle_id = %s", (bundle.bundle_id,))
@@ -114,7 +117,7 @@ def test_hits_write_the_access_at_most_once_per_flush_interval(stub, server: Ser
     assert dt.datetime.now(dt.UTC) - last_access() < dt.timedelta(minutes=1)  # an old access is written
 
 
-def test_inputs_stored_under_another_configuration_are_recomputed(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_inputs_stored_under_another_configuration_are_recomputed(stub: Stub, server: ServerProcess) -> None:
     work_id, ids = make_work(stub, [images.jpeg(300, 200), images.jpeg(200, 300)])
     old = wait_bundle(stub, work_id, ZIP)
     stub.PutAsset(pb.PutAssetRequest(asset_id=ids[1], data=images.jpeg(210, 300), skip_derivatives=True))
@@ -137,7 +140,7 @@ def test_inputs_stored_under_another_configuration_are_recomputed(stub, server: 
     assert stored_inputs(server, work_id)["zip"][0] == new.checksum
 
 
-def test_concurrent_put_work_and_replacements_keep_the_stored_checksum_exact(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_put_work_and_replacements_keep_the_stored_checksum_exact(stub: Stub, server: ServerProcess) -> None:
     work_id, ids = make_work(stub, [images.jpeg(200 + i, 150) for i in range(4)])
     request = pb.PutWorkRequest(work_id=work_id, title="Races", member_asset_ids=ids)
 
@@ -160,7 +163,7 @@ def test_concurrent_put_work_and_replacements_keep_the_stored_checksum_exact(stu
     assert stored_inputs(server, work_id)["zip"][0] == computed_checksum(server, work_id, BundleKind.ZIP)
 
 
-def test_get_asset_reports_each_url_and_its_real_expiry(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_get_asset_reports_each_url_and_its_real_expiry(stub: Stub, server: ServerProcess) -> None:
     asset_id = f"url-{time.monotonic_ns()}"
     stub.PutAsset(pb.PutAssetRequest(asset_id=asset_id, data=images.jpeg(900, 600)))
     deadline = time.monotonic() + 60

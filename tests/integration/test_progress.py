@@ -10,12 +10,10 @@ import grpc
 from derivatives.v1 import derivatives_pb2 as pb
 from tests import images
 from tests.harness import ServerProcess
-from tests.integration.jobs import wait_job
-from tests.integration.rpc import expect_error, field_violations
-from tests.integration.test_grpcurl import grpcurl_stream
+from tests.helpers import Stub, expect_error, field_violations, grpcurl_stream, wait_job
 
 
-def _job(stub, n: int = 3) -> pb.Job:  # type: ignore[no-untyped-def]
+def _job(stub: Stub, n: int = 3) -> pb.Job:
     ids = [f"p-{uuid.uuid4().hex[:10]}" for _ in range(n)]
     for asset_id in ids:
         stub.PutAsset(pb.PutAssetRequest(asset_id=asset_id, data=images.jpeg(1600, 1200), skip_derivatives=True))
@@ -31,7 +29,7 @@ def _assert_ordered_without_gaps(events: list[pb.ProgressEvent]) -> None:
     assert dones == sorted(dones)
 
 
-def test_snapshot_then_every_change_then_the_result(stub) -> None:  # type: ignore[no-untyped-def]
+def test_snapshot_then_every_change_then_the_result(stub: Stub) -> None:
     job = _job(stub)
     events = list(stub.WatchProgress(pb.WatchProgressRequest(job_id=job.job_id), timeout=120))
     assert events[0].snapshot and events[0].total == 3
@@ -43,14 +41,14 @@ def test_snapshot_then_every_change_then_the_result(stub) -> None:  # type: igno
     assert all(e.stage != pb.STAGE_SUCCEEDED for e in events[:-1])
 
 
-def test_a_finished_job_gives_its_final_event_and_ends(stub) -> None:  # type: ignore[no-untyped-def]
+def test_a_finished_job_gives_its_final_event_and_ends(stub: Stub) -> None:
     job = wait_job(stub, _job(stub, 1).job_id)
     events = list(stub.WatchProgress(pb.WatchProgressRequest(job_id=job.job_id), timeout=30))
     assert len(events) == 1
     assert events[0].snapshot and events[0].stage == pb.STAGE_SUCCEEDED and events[0].job.done == 1
 
 
-def test_reconnect_with_after_seq_resumes_without_gaps(stub) -> None:  # type: ignore[no-untyped-def]
+def test_reconnect_with_after_seq_resumes_without_gaps(stub: Stub) -> None:
     job = _job(stub, 6)
     first: list[pb.ProgressEvent] = []
     stream = stub.WatchProgress(pb.WatchProgressRequest(job_id=job.job_id), timeout=120)
@@ -70,7 +68,7 @@ def test_reconnect_with_after_seq_resumes_without_gaps(stub) -> None:  # type: i
     _assert_ordered_without_gaps(resumed)
 
 
-def test_disconnecting_watcher_does_not_cancel_the_job(stub) -> None:  # type: ignore[no-untyped-def]
+def test_disconnecting_watcher_does_not_cancel_the_job(stub: Stub) -> None:
     job = _job(stub, 4)
     stream = stub.WatchProgress(pb.WatchProgressRequest(job_id=job.job_id), timeout=120)
     next(stream)
@@ -78,7 +76,7 @@ def test_disconnecting_watcher_does_not_cancel_the_job(stub) -> None:  # type: i
     assert wait_job(stub, job.job_id).stage == pb.STAGE_SUCCEEDED
 
 
-def test_bad_watch_requests(stub) -> None:  # type: ignore[no-untyped-def]
+def test_bad_watch_requests(stub: Stub) -> None:
     def first(request: pb.WatchProgressRequest) -> pb.ProgressEvent:
         return next(iter(stub.WatchProgress(request, timeout=10)))
 
@@ -97,14 +95,14 @@ def test_bad_watch_requests(stub) -> None:  # type: ignore[no-untyped-def]
     assert "after_seq" in field_violations(err)
 
 
-def test_grpcurl_watches_a_job_to_completion(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_grpcurl_watches_a_job_to_completion(stub: Stub, server: ServerProcess) -> None:
     job = _job(stub, 2)
     events = grpcurl_stream(server, "WatchProgress", {"job_id": job.job_id})
     assert events[0].get("snapshot") is True
     assert events[-1]["stage"] == "STAGE_SUCCEEDED" and events[-1]["job"]["job_id"] == job.job_id
 
 
-def test_concurrent_watchers_all_get_the_final_event(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_watchers_all_get_the_final_event(stub: Stub, server: ServerProcess) -> None:
     job = _job(stub, 3)
     finals: list[pb.ProgressEvent] = []
     errors: list[BaseException] = []

@@ -12,12 +12,12 @@ import grpc
 from derivatives.v1 import derivatives_pb2 as pb
 from tests import images
 from tests.harness import ServerProcess
-from tests.integration.jobs import wait_job
+from tests.helpers import Stub, wait_job
 
 ROUNDS = 6
 
 
-def test_racing_creates_updates_and_new_originals(stub, server: ServerProcess) -> None:  # type: ignore[no-untyped-def]
+def test_racing_creates_updates_and_new_originals(stub: Stub, server: ServerProcess) -> None:
     originals = [images.jpeg(900, 600), images.jpeg(800, 700), images.png(700, 500)]
     custom = images.png(30, 20)
     assets = [f"race-{uuid.uuid4().hex[:8]}" for _ in range(4)]

@@ -8,17 +8,17 @@ import grpc
 
 from derivatives.v1 import derivatives_pb2 as pb
 from tests import images
-from tests.integration.rpc import expect_error, field_violations
+from tests.helpers import Stub, expect_error, field_violations
 
 
-def make_assets(stub, n: int) -> list[str]:  # type: ignore[no-untyped-def]
+def make_assets(stub: Stub, n: int) -> list[str]:
     ids = [f"m-{uuid.uuid4().hex[:10]}" for _ in range(n)]
     for asset_id in ids:
         stub.PutAsset(pb.PutAssetRequest(asset_id=asset_id, data=images.jpeg(32, 32), skip_derivatives=True))
     return ids
 
 
-def test_work_round_trip_keeps_order_and_replaces_members(stub) -> None:  # type: ignore[no-untyped-def]
+def test_work_round_trip_keeps_order_and_replaces_members(stub: Stub) -> None:
     a, b, c = make_assets(stub, 3)
     work_id = f"w-{uuid.uuid4().hex[:10]}"
     put = stub.PutWork(
@@ -33,7 +33,7 @@ def test_work_round_trip_keeps_order_and_replaces_members(stub) -> None:  # type
     assert got.created_at == put.created_at
 
 
-def test_work_errors(stub) -> None:  # type: ignore[no-untyped-def]
+def test_work_errors(stub: Stub) -> None:
     (a,) = make_assets(stub, 1)
     expect_error(grpc.StatusCode.NOT_FOUND, stub.GetWork, pb.GetWorkRequest(work_id="no-such-work"))
     err = expect_error(
@@ -61,7 +61,7 @@ def test_work_errors(stub) -> None:  # type: ignore[no-untyped-def]
     assert {"title", "creator"} <= set(nul)
 
 
-def test_member_asset_cannot_be_deleted(stub) -> None:  # type: ignore[no-untyped-def]
+def test_member_asset_cannot_be_deleted(stub: Stub) -> None:
     (a,) = make_assets(stub, 1)
     work_id = f"w-{uuid.uuid4().hex[:10]}"
     stub.PutWork(pb.PutWorkRequest(work_id=work_id, title="t", member_asset_ids=[a]))

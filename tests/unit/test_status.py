@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from google.rpc import code_pb2, error_details_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from core.errors import InvalidArgument, NotFound
 from server.status import request_path, to_status
 
 
-def violations(status) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+def violations(status: status_pb2.Status) -> list[tuple[str, str]]:
     bad = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(bad)
     return [(v.field, v.description) for v in bad.field_violations]
