@@ -31,9 +31,32 @@ integration: $(STAMP)
 drills: $(STAMP)
 	$(PY) -m pytest -q tests/drills
 
-lint: $(STAMP)
+# buf (protos/ linted and checked for breaking changes, see buf.yaml), from npm,
+# pinned, into .buf/ (gitignored); a new BUF_VERSION gets a new stamp, so reinstalls.
+BUF_VERSION := 1.75.0
+BUF_DIR := .buf
+BUF := $(BUF_DIR)/node_modules/.bin/buf
+BUF_STAMP := $(BUF_DIR)/.installed-$(BUF_VERSION)
+PROTO_BASELINE := protos/baseline.binpb
+
+$(BUF_STAMP):
+	rm -rf $(BUF_DIR)
+	npm install --no-save --ignore-scripts --no-audit --no-fund --loglevel=error \
+	  --prefix $(BUF_DIR) @bufbuild/buf@$(BUF_VERSION)
+	test "$$($(BUF) --version)" = $(BUF_VERSION)
+	touch $@
+
+lint: $(STAMP) $(BUF_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(BUF) lint
+	$(BUF) breaking protos --against $(PROTO_BASELINE)
+
+# Rewrites the API baseline that `make lint` checks breaking changes against.
+# Only for a deliberate, documented API change, in the same commit as that change.
+.PHONY: proto-baseline
+proto-baseline: $(BUF_STAMP)
+	$(BUF) build protos --exclude-source-info -o $(PROTO_BASELINE)
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
@@ -58,4 +81,4 @@ bench: $(STAMP)  ## benchmarks (minutes; baselines need Debian's vipsthumbnail a
 	$(PY) bench/render.py
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BUF_DIR) .data .pytest_cache .mypy_cache .ruff_cache
