@@ -7,6 +7,7 @@ key, the most specific content-type match wins: `image/tiff` > `image` > none.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -48,9 +49,35 @@ class Definition:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Definition:
+        """A definition from a TOML table; a misspelt field or a value of the wrong type is a ValueError."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}; known: {sorted(fields)}")
+        if "key" not in data:
+            raise ValueError("key is required")
         values = dict(data)
-        values["content_types"] = tuple(values.get("content_types", ()))
-        values["options"] = {str(k): str(v) for k, v in values.get("options", {}).items()}
+        content_types = values.get("content_types", [])
+        if not isinstance(content_types, list) or not all(isinstance(t, str) for t in content_types):
+            raise ValueError(f"content_types must be a list of strings, not {content_types!r}")
+        values["content_types"] = tuple(content_types)
+        options = values.get("options", {})
+        if not isinstance(options, dict):
+            raise ValueError(f"options must be a table, not {options!r}")
+        values["options"] = {str(k): str(v) for k, v in options.items()}
+        expected = {
+            "key": str,
+            "transformer": str,
+            "default_create": bool,
+            "bucket": str,
+            "max_width": int,
+            "thumbnail_mode": bool,
+            "quality": int,
+        }
+        for name, kind in expected.items():
+            value = values.get(name)
+            if name in values and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+                raise ValueError(f"{name} must be {kind.__name__}, not {value!r}")
         return cls(**values)
 
 
@@ -128,6 +155,10 @@ def load_registry(path: str = "") -> Registry:
     if unknown:
         raise ValueError(f"definitions: unknown tables {sorted(unknown)}")
     registry = Registry()
-    for entry in data.get("derivative", []):
-        registry.register(Definition.from_dict(entry))
+    for i, entry in enumerate(data.get("derivative", []), start=1):
+        try:
+            definition = Definition.from_dict(entry)
+        except ValueError as exc:
+            raise ValueError(f"[[derivative]] #{i} ({entry.get('key', 'no key')!r}): {exc}") from None
+        registry.register(definition)
     return registry

@@ -25,25 +25,45 @@ class JpegInfo:
     adobe: bool  # an Adobe APP14 marker: CMYK data is stored inverted
 
 
+# Start-of-frame markers (every SOFn but DHT 0xC4, JPG 0xC8 and DAC 0xCC).
+SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+
+
 def jpeg_info(data: bytes) -> JpegInfo:
     """Dimensions and components from the SOF marker."""
     if not data.startswith(b"\xff\xd8"):
         raise NotAJpeg("not a JPEG (no SOI marker)")
     i, adobe = 2, False
-    while i + 4 <= len(data):
+    while i < len(data):
         if data[i] != 0xFF:
             raise NotAJpeg("corrupt JPEG marker stream")
+        # Any number of 0xFF fill bytes may precede a marker (ITU-T T.81 B.1.1.2).
+        while i + 1 < len(data) and data[i + 1] == 0xFF:
+            i += 1
+        if i + 1 >= len(data):
+            break
         marker = data[i + 1]
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
+        if marker in (0x00, 0xD9, 0xDA):  # a stuffed byte, EOI or a scan before any frame header
+            raise NotAJpeg(f"corrupt JPEG: marker 0x{marker:02X} before the frame header")
+        if i + 4 > len(data):
+            break
         length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if marker == 0xEE and data[i + 4 : i + 9] == b"Adobe":
+        if length < 2:
+            raise NotAJpeg("corrupt JPEG segment length")
+        if i + 2 + length > len(data):
+            break  # the segment runs past the end
+        segment = data[i + 4 : i + 2 + length]
+        if marker == 0xEE and segment.startswith(b"Adobe"):
             adobe = True
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            height = int.from_bytes(data[i + 5 : i + 7], "big")
-            width = int.from_bytes(data[i + 7 : i + 9], "big")
-            components = data[i + 9]
+        if marker in SOF_MARKERS:
+            if len(segment) < 6:
+                raise NotAJpeg("corrupt JPEG frame header")
+            height = int.from_bytes(segment[1:3], "big")
+            width = int.from_bytes(segment[3:5], "big")
+            components = segment[5]
             if not width or not height or components not in (1, 3, 4):
                 raise NotAJpeg(f"unsupported JPEG frame ({width}x{height}, {components} components)")
             return JpegInfo(width, height, components, adobe)
