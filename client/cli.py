@@ -45,7 +45,7 @@ def create_all(client: Client, args: argparse.Namespace) -> int:
     for batch in _batches(ids, args.batch):
         job = client.create_derivatives(batch, _split(args.only), _split(args.exclude), args.lazy)
         jobs[job.job_id] = job
-        print(f"job {job.job_id}: {job.total} asset(s)", flush=True)  # for `derivatives watch`
+        print(f"job {job.job_id}: {job.total} asset(s)", file=sys.stderr, flush=True)  # for `derivatives watch`
     total = sum(j.total for j in jobs.values())
     if total == 0:
         print("no assets matched")
@@ -125,7 +125,7 @@ def put(client: Client, args: argparse.Namespace) -> int:
     asset = client.upload(args.asset_id, Path(args.file), args.content_type, skip_derivatives=True)
     print(json_format.MessageToJson(asset, preserving_proto_field_name=True))
     if not args.skip_derivatives:
-        job = client.create_derivatives([asset.asset_id])
+        job = client.create_derivatives([asset.asset_id], lazy=True)  # same bytes again: nothing to redo
         print(f"job {job.job_id}: derivatives of {asset.asset_id} (derivatives watch {job.job_id})", file=sys.stderr)
     return 0
 

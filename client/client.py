@@ -10,13 +10,15 @@ the `google.rpc.BadRequest` field violations and, when the server sends one, the
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -38,7 +40,7 @@ WATCH_RETRIES = 5
 _STATUS_DETAILS = "grpc-status-details-bin"
 
 
-@dataclass
+@dataclass(eq=False)
 class ClientError(Exception):
     """A call that failed: its gRPC code, message, field violations and (if sent) ErrorInfo reason."""
 
@@ -46,7 +48,7 @@ class ClientError(Exception):
     message: str
     # (field path, description) per field of the request that was wrong (INVALID_ARGUMENT).
     violations: list[tuple[str, str]] = field(default_factory=list)
-    # google.rpc.ErrorInfo reason, e.g. ASSET_NOT_FOUND, when the server names one; else "".
+    # google.rpc.ErrorInfo reason when the server sends one (none does yet); else "".
     reason: str = ""
 
     def __str__(self) -> str:
@@ -76,18 +78,24 @@ class ClientError(Exception):
         return cls(code, message, violations, reason)
 
 
-def _chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
-        while block := fh.read(CHUNK):
-            yield block
-
-
-def _upload_messages(asset_id: str, path: Path, content_type: str, skip: bool) -> Iterator[pb.UploadOriginalRequest]:
+def _upload_header(asset_id: str, path: Path, content_type: str, skip: bool) -> pb.UploadOriginalRequest:
     header = pb.UploadOriginalHeader(
         asset_id=asset_id, content_type=content_type, skip_derivatives=skip, filename=path.name
     )
-    yield pb.UploadOriginalRequest(header=header)
-    for block in _chunks(path):
+    return pb.UploadOriginalRequest(header=header)
+
+
+def _upload_messages(header: pb.UploadOriginalRequest, fh: BinaryIO) -> Iterator[pb.UploadOriginalRequest]:
+    yield header
+    while block := fh.read(CHUNK):
+        yield pb.UploadOriginalRequest(chunk=block)
+
+
+async def _upload_messages_async(
+    header: pb.UploadOriginalRequest, fh: BinaryIO
+) -> AsyncIterator[pb.UploadOriginalRequest]:
+    yield header
+    while block := await asyncio.to_thread(fh.read, CHUNK):  # disk reads off the event loop
         yield pb.UploadOriginalRequest(chunk=block)
 
 
@@ -95,6 +103,11 @@ def _watch_request(job_id: str, bundle_id: str, after_seq: int) -> pb.WatchProgr
     if job_id:
         return pb.WatchProgressRequest(job_id=job_id, after_seq=after_seq)
     return pb.WatchProgressRequest(bundle_id=bundle_id, after_seq=after_seq)
+
+
+def _repeated(event: pb.ProgressEvent, last: int) -> bool:
+    """After a reconnect, the snapshot of a state already seen (not a heartbeat, not the final event)."""
+    return event.seq <= last and not event.heartbeat and event.WhichOneof("result") is None
 
 
 def _retryable(exc: grpc.RpcError, retries: int) -> bool:
@@ -133,10 +146,10 @@ class Client:
     # --- assets and works ---------------------------------------------------------------------
 
     def upload(self, asset_id: str, path: Path, content_type: str = "", skip_derivatives: bool = False) -> pb.Asset:
-        """Stream a file as the asset's original (UploadOriginal)."""
-        asset: pb.Asset = self._call(
-            self.stub.UploadOriginal, _upload_messages(asset_id, path, content_type, skip_derivatives)
-        )
+        """Stream a file as the asset's original (UploadOriginal); a file that cannot be read is an OSError."""
+        with open(path, "rb") as fh:  # opened before the call, so its error is the caller's, not the stream's
+            messages = _upload_messages(_upload_header(asset_id, path, content_type, skip_derivatives), fh)
+            asset: pb.Asset = self._call(self.stub.UploadOriginal, messages)
         return asset
 
     def put_asset(self, asset_id: str, data: bytes, content_type: str = "", skip_derivatives: bool = False) -> pb.Asset:
@@ -192,19 +205,22 @@ class Client:
         return job
 
     def watch(self, job_id: str = "", bundle_id: str = "", after_seq: int = 0) -> Iterator[pb.ProgressEvent]:
-        """Progress events until the final one; reconnects with `after_seq` if the stream drops."""
-        last, retries = after_seq, 0
+        """Progress events until the final one; reconnects with `after_seq` if the stream drops (and skips
+        the snapshot of a state it already yielded)."""
+        last, retries, reconnected = after_seq, 0, False
         while True:
             try:
                 for event in self.stub.WatchProgress(_watch_request(job_id, bundle_id, last)):
-                    retries = 0
+                    if reconnected and _repeated(event, last):
+                        continue
+                    retries, reconnected = 0, False
                     last = max(last, event.seq)
                     yield event
                 return
             except grpc.RpcError as exc:
                 if not _retryable(exc, retries):
                     raise ClientError.from_rpc(exc) from None
-                retries += 1
+                retries, reconnected = retries + 1, True
                 time.sleep(0.5 * retries)
 
     # --- bundles ------------------------------------------------------------------------------
@@ -264,10 +280,13 @@ class AsyncClient:
     async def upload(
         self, asset_id: str, path: Path, content_type: str = "", skip_derivatives: bool = False
     ) -> pb.Asset:
-        """Stream a file as the asset's original (UploadOriginal)."""
-        asset: pb.Asset = await self._call(
-            self.stub.UploadOriginal, _upload_messages(asset_id, path, content_type, skip_derivatives)
-        )
+        """Stream a file as the asset's original (UploadOriginal); a file that cannot be read is an OSError."""
+        fh = await asyncio.to_thread(path.open, "rb")  # opened before the call, so its error is the caller's
+        try:
+            messages = _upload_messages_async(_upload_header(asset_id, path, content_type, skip_derivatives), fh)
+            asset: pb.Asset = await self._call(self.stub.UploadOriginal, messages)
+        finally:
+            await asyncio.to_thread(fh.close)
         return asset
 
     async def put_asset(
@@ -327,19 +346,22 @@ class AsyncClient:
         return job
 
     async def watch(self, job_id: str = "", bundle_id: str = "", after_seq: int = 0) -> AsyncIterator[pb.ProgressEvent]:
-        """Progress events until the final one; reconnects with `after_seq` if the stream drops."""
-        last, retries = after_seq, 0
+        """Progress events until the final one; reconnects with `after_seq` if the stream drops (and skips
+        the snapshot of a state it already yielded)."""
+        last, retries, reconnected = after_seq, 0, False
         while True:
             try:
                 async for event in self.stub.WatchProgress(_watch_request(job_id, bundle_id, last)):
-                    retries = 0
+                    if reconnected and _repeated(event, last):
+                        continue
+                    retries, reconnected = 0, False
                     last = max(last, event.seq)
                     yield event
                 return
             except grpc.RpcError as exc:
                 if not _retryable(exc, retries):
                     raise ClientError.from_rpc(exc) from None
-                retries += 1
+                retries, reconnected = retries + 1, True
                 await asyncio.sleep(0.5 * retries)
 
     # --- bundles ------------------------------------------------------------------------------
@@ -353,26 +375,30 @@ class AsyncClient:
     async def download_bundle(self, bundle: pb.Bundle, target: Path) -> None:
         """Fetch a built bundle: from its presigned URL when there is one, else through ReadBundle.
 
-        Writes to a temporary file beside `target` and renames it, so a failed download leaves nothing.
+        Writes to a temporary file of its own beside `target` and renames it, so a failed or cancelled
+        download leaves nothing (a thread still writing writes to a file no longer named).
         """
-        partial = target.with_name(target.name + ".part")
+        fd, name = await asyncio.to_thread(
+            tempfile.mkstemp, dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+        )
+        partial = Path(name)
+        out = os.fdopen(fd, "wb")
         try:
             if bundle.url:
-                await asyncio.to_thread(_fetch_url, bundle.url, partial)
+                await asyncio.to_thread(_fetch_url, bundle.url, out)
             else:
-                out = await asyncio.to_thread(partial.open, "wb")
                 try:
                     async for part in self.stub.ReadBundle(pb.ReadBundleRequest(bundle_id=bundle.bundle_id)):
                         await asyncio.to_thread(out.write, part.chunk)
                 except grpc.RpcError as exc:
                     raise ClientError.from_rpc(exc) from None
-                finally:
-                    await asyncio.to_thread(out.close)
-            partial.replace(target)
+            await asyncio.to_thread(out.close)
+            await asyncio.to_thread(partial.replace, target)
         finally:
-            partial.unlink(missing_ok=True)
+            out.close()
+            await asyncio.to_thread(partial.unlink, missing_ok=True)
 
 
-def _fetch_url(url: str, path: Path) -> None:
-    with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
+def _fetch_url(url: str, out: BinaryIO) -> None:
+    with urllib.request.urlopen(url, timeout=60) as response:
         shutil.copyfileobj(response, out, CHUNK)

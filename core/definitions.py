@@ -155,7 +155,12 @@ def load_registry(path: str = "") -> Registry:
     if unknown:
         raise ValueError(f"definitions: unknown tables {sorted(unknown)}")
     registry = Registry()
-    for i, entry in enumerate(data.get("derivative", []), start=1):
+    entries = data.get("derivative", [])
+    if not isinstance(entries, list):
+        raise ValueError("derivative must be an array of tables: write [[derivative]], not [derivative]")
+    for i, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict):
+            raise ValueError(f"[[derivative]] #{i}: a table, not {entry!r}")
         try:
             definition = Definition.from_dict(entry)
         except ValueError as exc:

@@ -143,15 +143,17 @@ class Host:
             await self._stop.wait()
         finally:
             await self._shutdown(started)
-            # Stopped: a late SIGTERM (a supervisor repeating itself) must not kill the interpreter while
-            # it exits (status -15 instead of 0). The handlers leave the loop first, or closing it would
-            # put the default, fatal, action back; signals stay blocked while they are swapped.
-            stops = {signal.SIGTERM, signal.SIGINT}
-            signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-            for sig in stops:
-                loop.remove_signal_handler(sig)
-                signal.signal(sig, signal.SIG_IGN)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+            # Stopped: a SIGTERM repeated by a supervisor must not kill the interpreter while it exits (status
+            # -15 instead of 0), and Ctrl-C must still break a teardown that hangs. Each disposition changes in
+            # one step (handler -> ignore, handler -> KeyboardInterrupt), and the signals leave the loop's table
+            # so that closing the loop does not put the default, fatal, action back (CPython's unix loop).
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            handlers = getattr(loop, "_signal_handlers", {})
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                handlers.pop(sig, None)
+            if not handlers:
+                signal.set_wakeup_fd(-1)  # as the loop does when its last handler goes: its socket closes soon
 
     async def _shutdown(self, started: list[Role]) -> None:
         grace = self.ctx.settings.shutdown_grace_seconds

@@ -61,6 +61,11 @@ def jpeg_info(data: bytes) -> JpegInfo:
         if marker in SOF_MARKERS:
             if len(segment) < 6:
                 raise NotAJpeg("corrupt JPEG frame header")
+            # The page embeds the stream as 8-bit DCTDecode: baseline, extended or progressive Huffman only.
+            if marker not in (0xC0, 0xC1, 0xC2) or segment[0] != 8:
+                raise NotAJpeg(
+                    f"unsupported JPEG coding (SOF{marker - 0xC0}, {segment[0]}-bit): a PDF page needs 8-bit DCT"
+                )
             height = int.from_bytes(segment[1:3], "big")
             width = int.from_bytes(segment[3:5], "big")
             components = segment[5]

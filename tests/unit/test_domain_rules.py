@@ -314,3 +314,10 @@ def test_title_words_and_filename() -> None:
     assert title_words("x" * 40) == "x" * 25
     assert filename(WORK, BundleKind.PDF) == "a_title_w1_pdf.pdf"
     assert filename(dataclasses.replace(WORK, title=""), BundleKind.ZIP) == "work_w1_zip.zip"
+
+
+def test_a_single_derivative_table_is_refused_with_a_message(tmp_path: Path) -> None:
+    path = tmp_path / "defs.toml"
+    path.write_text('[derivative]\nkey = "k"\n')  # [derivative], not [[derivative]]
+    with pytest.raises(ValueError, match=r"write \[\[derivative\]\]"):
+        load_registry(str(path))

@@ -337,3 +337,18 @@ def test_a_bad_page_fails_the_write_with_not_a_jpeg() -> None:
     good = encode("RGB", 16, 16)
     with pytest.raises(NotAJpeg):
         ours([Page(good, "ok"), Page(good[:40], "cut")], 150)
+
+
+@pytest.mark.parametrize(
+    ("sof", "precision"),
+    [(0xC3, 8), (0xC9, 8), (0xC5, 8), (0xC1, 12), (0xC0, 12)],
+    ids=["lossless", "arithmetic", "hierarchical", "extended-12-bit", "baseline-12-bit"],
+)
+def test_jpegs_a_pdf_page_cannot_show_are_refused(sof: int, precision: int) -> None:
+    """DCTDecode pages are 8-bit Huffman: a frame of any other coding is refused by name, not embedded broken."""
+    frame = bytes([precision]) + (16).to_bytes(2, "big") + (16).to_bytes(2, "big") + bytes([1, 1, 0x11, 0])
+    header = b"\xff\xd8" + bytes([0xFF, sof]) + (len(frame) + 2).to_bytes(2, "big") + frame
+    with pytest.raises(NotAJpeg, match="unsupported JPEG coding"):
+        jpeg_info(header)
+    baseline = b"\xff\xd8\xff\xc0" + (len(frame) + 2).to_bytes(2, "big") + bytes([8]) + frame[1:]
+    assert jpeg_info(baseline) == JpegInfo(16, 16, 1, False)
