@@ -139,19 +139,8 @@ def service(storage: str, directory: Path, tree: Path | None = None) -> Iterator
     `tree`: run the server of another checkout (e.g. the commit before a change), for a before/after.
     """
     import shutil
-    import subprocess
 
     from tests.harness import Postgres, S3Endpoint, ServerProcess, server_env
-
-    class TreeServer(ServerProcess):
-        def start(self, wait_serving: bool = True) -> ServerProcess:
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "server"], env=self.full_env, cwd=tree, stdout=log, stderr=log
-                )
-            if wait_serving:
-                self.wait_health("SERVING")
-            return self
 
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
@@ -161,7 +150,7 @@ def service(storage: str, directory: Path, tree: Path | None = None) -> Iterator
     try:
         env = server_env(storage, postgres.new_database("hot"), directory / "data", s3)
         log = WORK / f"hot_paths-{storage}{'-baseline' if tree else ''}.log"
-        server = (TreeServer if tree else ServerProcess)(env, log).start()
+        server = ServerProcess(env, log, cwd=tree or ROOT).start()
         yield server
     finally:
         if server is not None:

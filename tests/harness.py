@@ -99,6 +99,8 @@ class ServerProcess:
     log_path: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    # The checkout whose server runs (another one: a benchmark's before/after).
+    cwd: Path = ROOT
 
     @property
     def address(self) -> str:
@@ -120,7 +122,7 @@ class ServerProcess:
     def start(self, wait_serving: bool = True) -> ServerProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server"], env=self.full_env, cwd=ROOT, stdout=log, stderr=log
+                [sys.executable, "-m", "server"], env=self.full_env, cwd=self.cwd, stdout=log, stderr=log
             )
         if wait_serving:
             self.wait_health("SERVING")
