@@ -74,11 +74,11 @@ check-protos: $(STAMP)
 bench: $(STAMP)  ## benchmarks (minutes; baselines need Debian's vipsthumbnail and zip)
 	command -v vipsthumbnail >/dev/null && command -v zip >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq libvips-tools zip)
-	$(PY) bench/thumbnails.py
-	$(PY) bench/bundles.py
-	$(PY) bench/progress.py
-	$(PY) bench/hot_paths.py
-	$(PY) bench/render.py
+	$(PY) -m bench.thumbnails
+	$(PY) -m bench.bundles
+	$(PY) -m bench.progress
+	$(PY) -m bench.hot_paths
+	$(PY) -m bench.render
 
 clean:
 	rm -rf $(VENV) $(BUF_DIR) .data .pytest_cache .mypy_cache .ruff_cache

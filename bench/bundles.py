@@ -29,9 +29,9 @@ Targets: service time <= 1.2x the baseline's; the service's peak RSS at 1,000 me
 
 Run:
 
-    cd /work/main && .venv/bin/python bench/bundles.py      # 100 and 1,000 members x 3 reps, ~2 minutes
-    .venv/bin/python bench/bundles.py --quick               # 10 and 40 members, 1 repetition, docs untouched
-    .venv/bin/python bench/bundles.py --reps 2 --docs /tmp/bench.md
+    cd /work/main && .venv/bin/python -m bench.bundles      # 100 and 1,000 members x 3 reps, ~2 minutes
+    .venv/bin/python -m bench.bundles --quick               # 10 and 40 members, 1 repetition, docs untouched
+    .venv/bin/python -m bench.bundles --reps 2 --docs /tmp/bench.md
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common import (
+from bench.common import (
     BOOK_PAGES,
     WORK,
     RssSampler,

@@ -3,8 +3,8 @@
 Paths, machine information, text and markdown tables, rewriting one `## ` section of
 docs/benchmarks.md, peak RSS of a process tree, spawn pools, and the real server
 (embedded Postgres + `python -m server` on filesystem storage) started and stopped
-around a measurement. The scripts import it as a sibling module (`from common import ...`):
-they are run as `.venv/bin/python bench/<name>.py`, so bench/ is first on sys.path.
+around a measurement. The scripts run as modules from the repository root
+(`.venv/bin/python -m bench.<name>`), so `bench.common` and `tests.harness` import as packages.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script: `tests.harness` is not an installed package
 
 if TYPE_CHECKING:
     import pyvips
@@ -43,7 +41,7 @@ DOCS_HEADER = """# Benchmarks
 
 Numbers here are ratios from one run on a shared 2-core machine: compare the rows of
 one section with each other, not absolute numbers across runs or machines.
-Reproduce with `make bench` (or `.venv/bin/python bench/thumbnails.py`).
+Reproduce with `make bench` (or `.venv/bin/python -m bench.thumbnails`).
 """
 SAMPLE_SECONDS = 0.05
 

@@ -1,6 +1,6 @@
 """Hot paths: cache-hit FindOrCreateBundle and GetAsset against the health Check RPC, in one run.
 
-    .venv/bin/python bench/hot_paths.py [--seconds 10] [--clients 64] [--filler 200000] [--storage file,s3]
+    .venv/bin/python -m bench.hot_paths [--seconds 10] [--clients 64] [--filler 200000] [--storage file,s3]
 
 For each storage backend: a server (embedded Postgres, loopback only), `--filler` assets with 5
 derivatives each loaded straight into Postgres (so the tables are not toy-sized), 32 real assets
@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, WORK, machine_info, machine_line, now_text
+from bench.common import ROOT, WORK, machine_info, machine_line, now_text
 
 RESULTS = ROOT / "bench" / "results" / "hot_paths.json"
 CALLS = ("check", "get_asset", "hit_20", "hit_1000")
@@ -383,7 +383,7 @@ def main() -> int:
         results["baseline"] = baseline(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}; render with .venv/bin/python bench/render.py")
+    print(f"wrote {args.out}; render with .venv/bin/python -m bench.render")
     return 0
 
 

@@ -33,9 +33,9 @@ non-zero only when a watcher did not end with a final SUCCEEDED event (or a stre
 
 Run (pages are generated once into bench/.work/, gitignored, and reused):
 
-    cd /work/main && .venv/bin/python bench/progress.py     # ~3 minutes
-    .venv/bin/python bench/progress.py --quick              # 100 watchers, 30 members, 20 jobs, 1 rep; docs untouched
-    .venv/bin/python bench/progress.py --watchers 500 --channels 5 --docs /tmp/bench.md
+    cd /work/main && .venv/bin/python -m bench.progress     # ~3 minutes
+    .venv/bin/python -m bench.progress --quick              # 100 watchers, 30 members, 20 jobs, 1 rep; docs untouched
+    .venv/bin/python -m bench.progress --watchers 500 --channels 5 --docs /tmp/bench.md
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common import (
+from bench.common import (
     BOOK_PAGES,
     WORK,
     PageSet,

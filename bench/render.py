@@ -1,6 +1,6 @@
 """Render benchmark results (bench/results/*.json) into the tables of docs/benchmarks.md.
 
-    .venv/bin/python bench/render.py
+    .venv/bin/python -m bench.render
 
 Only the generated blocks change: each sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->`
 markers; the analysis around them is written by people. Benchmarks that still write their

@@ -24,9 +24,9 @@ number: it exits non-zero only when a contender produced wrong output.
 
 Run (originals are generated once into bench/.work/, gitignored, and reused):
 
-    cd /work/main && .venv/bin/python bench/thumbnails.py      # or `make bench`; 48 images x 5, ~2-3 minutes
-    .venv/bin/python bench/thumbnails.py --quick               # 4 images, 1 repetition, docs untouched
-    .venv/bin/python bench/thumbnails.py --images 24 --reps 3 --docs /tmp/bench.md
+    cd /work/main && .venv/bin/python -m bench.thumbnails      # or `make bench`; 48 images x 5, ~2-3 minutes
+    .venv/bin/python -m bench.thumbnails --quick               # 4 images, 1 repetition, docs untouched
+    .venv/bin/python -m bench.thumbnails --images 24 --reps 3 --docs /tmp/bench.md
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from common import (
+from bench.common import (
     WORK,
     RssSampler,
     add_docs_args,
