@@ -287,8 +287,9 @@ class Bundles:
     async def _find_or_claim(self, work_id: str, kind: BundleKind, stored_checksum: str | None) -> Bundle:
         inputs = await self.inputs(work_id, kind)
         if inputs.checksum != stored_checksum:
-            if stored_checksum is not None:  # changed by something that did not refresh it (a manual edit, say)
-                log.warning("work %s: stored %s inputs checksum was stale; storing it anew", work_id, kind)
+            if stored_checksum is not None:
+                # Changed since the read above (a commit in between), or by something that did not refresh it.
+                log.info("work %s: stored %s inputs checksum differs from the rows; storing it anew", work_id, kind)
             stored = await self.stored_inputs.read_and_store(work_id, kind)  # first use, or another configuration
             if stored is None:
                 raise NotFound(f"work {work_id!r} not found")
