@@ -19,15 +19,14 @@ import hashlib
 import json
 import logging
 import re
-import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from core.config import Settings
 from core.database import Conn, Database
 from core.definitions import Registry
 from core.errors import FailedPrecondition, InvalidArgument, NotFound
+from core.lru import ExpiringLRU
 from core.plan import makes
 from core.queue import JobQueue
 from core.records import Bundle, BundleKind, BundlePayload, BundleStatus, JobKind, Location, Member, Work
@@ -219,7 +218,7 @@ class Bundles:
         self.stored_inputs = stored_inputs
         self.flush_seconds = settings.bundle_access_flush_seconds
         # Bundles this process saw stored, and until when it trusts that without asking storage again.
-        self._stored_until: OrderedDict[uuid.UUID, float] = OrderedDict()
+        self._seen_stored: ExpiringLRU[uuid.UUID, bool] = ExpiringLRU(STORED_CACHE_SIZE)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -252,7 +251,7 @@ class Bundles:
             raise FailedPrecondition(f"bundle {bundle_id} is {bundle.status.value}; watch it until it succeeds")
         info = await asyncio.to_thread(self.storage.stat, bundle.location.bucket, bundle.location.key)
         if info is None:
-            self._stored_until.pop(bundle_id, None)
+            self._seen_stored.discard(bundle_id)
             raise FailedPrecondition(f"bundle {bundle_id} is no longer stored; call FindOrCreateBundle to rebuild it")
         if offset > info.size:
             raise InvalidArgument.one("offset", f"past the end of the bundle ({info.size} bytes)")
@@ -285,15 +284,15 @@ class Bundles:
         return await self._find_or_claim(work_id, kind, stored)
 
     async def _find_or_claim(self, work_id: str, kind: BundleKind, stored_checksum: str | None) -> Bundle:
-        inputs = await self.inputs(work_id, kind)
-        if inputs.checksum != stored_checksum:
-            if stored_checksum is not None:
+        inputs = await self.inputs(work_id, kind) if stored_checksum is not None else None
+        if inputs is None or inputs.checksum != stored_checksum:
+            if inputs is not None:
                 # Changed since the read above (a commit in between), or by something that did not refresh it.
                 log.info("work %s: stored %s inputs checksum differs from the rows; storing it anew", work_id, kind)
-            stored = await self.stored_inputs.read_and_store(work_id, kind)  # first use, or another configuration
-            if stored is None:
+            # First use, another configuration, or a stale row: computed and stored under the work's share lock.
+            inputs = await self.stored_inputs.read_and_store(work_id, kind)
+            if inputs is None:
                 raise NotFound(f"work {work_id!r} not found")
-            inputs = stored
         if not inputs.members:
             raise FailedPrecondition(f"work {work_id!r} has no members")
         where = dict(work_id=work_id, kind=kind.value, checksum=inputs.checksum)
@@ -402,17 +401,13 @@ class Bundles:
 
     async def _stored(self, bundle: Bundle) -> bool:
         """Whether the bundle's object exists; a positive answer is trusted for the flush interval."""
-        now = time.monotonic()
-        if self._stored_until.get(bundle.bundle_id, 0.0) > now:
+        if self._seen_stored.get(bundle.bundle_id):
             return True
         stored = await asyncio.to_thread(self.storage.stat, bundle.location.bucket, bundle.location.key) is not None
         if stored and self.flush_seconds > 0:
-            self._stored_until[bundle.bundle_id] = now + self.flush_seconds
-            self._stored_until.move_to_end(bundle.bundle_id)
-            while len(self._stored_until) > STORED_CACHE_SIZE:
-                self._stored_until.popitem(last=False)
+            self._seen_stored.put(bundle.bundle_id, True, self.flush_seconds)
         else:
-            self._stored_until.pop(bundle.bundle_id, None)
+            self._seen_stored.discard(bundle.bundle_id)
         return stored
 
     async def _get_in(self, conn: Conn, bundle_id: uuid.UUID) -> Bundle:

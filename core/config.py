@@ -215,6 +215,15 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     return settings
 
 
+def configure_logging(level: str) -> None:
+    """Every process's logging (servers, worker hosts, pool processes): one format, quiet libraries."""
+    import logging
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("pgserver", "pyvips"):  # they log every subprocess and deprecation at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def settings_or_exit() -> Settings:
     """Settings for a command's main(): a bad value prints one line and exits 2, no traceback."""
     import sys

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from dataclasses import dataclass
 
 from core.assets import Assets
@@ -16,8 +15,6 @@ from core.progress import ProgressHub
 from core.queue import PostgresQueue
 from core.storage import ObjectStorage, UrlSigner, open_storage
 from core.works import Works
-
-log = logging.getLogger("derivatives.domain")
 
 
 @dataclass

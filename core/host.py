@@ -35,12 +35,6 @@ from core.domain import Domain, open_domain
 log = logging.getLogger("derivatives.host")
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("pgserver", "pyvips"):  # they log every subprocess and deprecation at INFO
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def registry_or_exit(settings: Settings) -> Registry:
     """The derivative definitions for a command's main(): a bad file prints one line and exits 2."""
     try:

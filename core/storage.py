@@ -15,7 +15,6 @@ import os
 import shutil
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from urllib.parse import quote
 from core.config import Settings
 from core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from core.ids import BUCKET_NAME
+from core.lru import ExpiringLRU
 from core.records import Location
 
 log = logging.getLogger("derivatives.storage")
@@ -399,28 +399,29 @@ class UrlSigner:
     def __init__(self, storage: ObjectStorage, lifetime: dt.timedelta, size: int = 50_000) -> None:
         self.storage = storage
         self.lifetime = lifetime
-        self.size = size
-        self._cache: OrderedDict[tuple[str, str, str], SignedUrl] = OrderedDict()
+        self._cache: ExpiringLRU[tuple[str, str, str], SignedUrl] = ExpiringLRU(size)
 
     def sign(self, location: Location, filename: str) -> SignedUrl:
         key = (location.bucket, location.key, filename)
-        now = dt.datetime.now(dt.UTC)
         cached = self._cache.get(key)
-        if cached is not None and cached.expires_at is not None and cached.expires_at - now > self.lifetime / 2:
-            self._cache.move_to_end(key)
+        if cached is not None:
             return cached
         # Signed as of a whole second (X-Amz-Date has no fraction), so the reported expiry is exact.
+        now = dt.datetime.now(dt.UTC)
         signed_at = now.replace(microsecond=0)
         url = self.storage.presign(
             location.bucket, location.key, expires=self.lifetime, filename=filename, signed_at=signed_at
         )
         signed = SignedUrl(url, signed_at + self.lifetime if url else None)
         if url:
-            self._cache[key] = signed
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.size:
-                self._cache.popitem(last=False)
+            self._cache.put(key, signed, self.reuse_seconds(signed))
         return signed
+
+    def reuse_seconds(self, signed: SignedUrl) -> float | None:
+        """How much longer `signed` is handed out again: while more than half its lifetime is left."""
+        if signed.expires_at is None:
+            return None
+        return (signed.expires_at - self.lifetime / 2 - dt.datetime.now(dt.UTC)).total_seconds()
 
 
 def _discard(stream: BinaryIO, count: int) -> None:

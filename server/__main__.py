@@ -10,8 +10,8 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import asyncio
 
-from core.config import settings_or_exit
-from core.host import Host, configure_logging, registry_or_exit
+from core.config import configure_logging, settings_or_exit
+from core.host import Host, registry_or_exit
 from server.grpc_role import GrpcRole
 from worker.host import base_roles, runner_roles
 

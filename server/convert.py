@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections import OrderedDict
 
 from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, status_pb2
 
 from core.definitions import Definition
+from core.lru import ExpiringLRU
 from core.media import EXTENSIONS
 from core.progress import Update
 from core.records import AssetView, Bundle, BundleKind, BundleStatus, Derivative, Job, JobKind, Stage, Work
@@ -38,21 +38,14 @@ class DerivativeMessages:
 
     def __init__(self, urls: UrlSigner, size: int = 100_000) -> None:
         self.urls = urls
-        self.size = size
-        self._cache: OrderedDict[Derivative, tuple[pb.Derivative, dt.datetime | None]] = OrderedDict()
+        self._cache: ExpiringLRU[Derivative, pb.Derivative] = ExpiringLRU(size)
 
     def get(self, d: Derivative) -> pb.Derivative:
-        key = d
-        cached = self._cache.get(key)
-        if cached is not None and (cached[1] is None or cached[1] > dt.datetime.now(dt.UTC)):
-            self._cache.move_to_end(key)
-            return cached[0]
+        cached = self._cache.get(d)
+        if cached is not None:
+            return cached
         message, signed = derivative(d, self.urls)
-        reuse_until = signed.expires_at - self.urls.lifetime / 2 if signed.expires_at else None
-        self._cache[key] = (message, reuse_until)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.size:
-            self._cache.popitem(last=False)
+        self._cache.put(d, message, self.urls.reuse_seconds(signed))
         return message
 
 
