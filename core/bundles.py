@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from core.config import Settings
 from core.database import Conn, Database
 from core.definitions import Registry
-from core.errors import FailedPrecondition, InvalidArgument, NotFound
+from core.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from core.lru import ExpiringLRU
 from core.plan import makes
 from core.queue import JobQueue
@@ -227,20 +227,20 @@ class Bundles:
         async with self.db.connection() as conn:
             inputs = await self.stored_inputs.read(conn, work_id, kind)
         if inputs is None:
-            raise NotFound(f"work {work_id!r} not found")
+            raise NotFound(f"work {work_id!r} not found", Reason.WORK_NOT_FOUND, work_id=work_id)
         return inputs
 
     async def get(self, bundle_id: uuid.UUID) -> Bundle:
         row = await self.db.fetchone("get_bundle", bundle_id=bundle_id)
         if row is None:
-            raise NotFound(f"bundle {bundle_id} not found")
+            raise NotFound(f"bundle {bundle_id} not found", Reason.BUNDLE_NOT_FOUND)
         return Bundle.from_row(row)
 
     async def job_of(self, bundle_id: uuid.UUID) -> uuid.UUID:
         """The job that builds (or built) the bundle: what WatchProgress follows."""
         row = await self.db.fetchone("bundle_job", bundle_id=bundle_id)
         if row is None or row["job_id"] is None:
-            raise NotFound(f"bundle {bundle_id} not found")
+            raise NotFound(f"bundle {bundle_id} not found", Reason.BUNDLE_NOT_FOUND)
         job_id: uuid.UUID = row["job_id"]
         return job_id
 
@@ -248,24 +248,29 @@ class Bundles:
         """The bundle and its size, if it is built and stored; records the access."""
         bundle = await self.get(bundle_id)
         if bundle.status is not BundleStatus.SUCCESS:
-            raise FailedPrecondition(f"bundle {bundle_id} is {bundle.status.value}; watch it until it succeeds")
+            raise FailedPrecondition(
+                f"bundle {bundle_id} is {bundle.status.value}; watch it until it succeeds", Reason.BUNDLE_NOT_READY
+            )
         info = await asyncio.to_thread(self.storage.stat, bundle.location.bucket, bundle.location.key)
         if info is None:
             self._seen_stored.discard(bundle_id)
-            raise FailedPrecondition(f"bundle {bundle_id} is no longer stored; call FindOrCreateBundle to rebuild it")
+            raise FailedPrecondition(
+                f"bundle {bundle_id} is no longer stored; call FindOrCreateBundle to rebuild it",
+                Reason.BUNDLE_NOT_STORED,
+            )
         if offset > info.size:
             raise InvalidArgument.one("offset", f"past the end of the bundle ({info.size} bytes)")
         if not await self._touch(bundle):
-            raise NotFound(f"bundle {bundle_id} not found")
+            raise NotFound(f"bundle {bundle_id} not found", Reason.BUNDLE_NOT_FOUND)
         return bundle, info.size
 
     # --- state changes ------------------------------------------------------------------------
 
-    async def find_or_create(self, work_id: str, kind: BundleKind) -> Bundle:
+    async def find_or_create(self, work_id: str, kind: BundleKind, owner: str) -> Bundle:
         """The bundle of the work's current inputs: stored, being built, or claimed for a build now.
 
         A cache hit is one indexed read (the stored inputs checksum joined to its bundle) and, at
-        most once per flush interval, a write of the access.
+        most once per flush interval, a write of the access. A build it starts belongs to `owner`.
         """
         hot = await self.db.fetchone("hot_bundle", work_id=work_id, kind=kind.value)
         current = hot is not None and hot["fingerprint"] == self.stored_inputs.fingerprint
@@ -281,9 +286,9 @@ class Bundles:
             if usable and await self._touch(found):
                 return found
         stored = hot["inputs_checksum"] if current and hot is not None else None
-        return await self._find_or_claim(work_id, kind, stored)
+        return await self._find_or_claim(work_id, kind, stored, owner)
 
-    async def _find_or_claim(self, work_id: str, kind: BundleKind, stored_checksum: str | None) -> Bundle:
+    async def _find_or_claim(self, work_id: str, kind: BundleKind, stored_checksum: str | None, owner: str) -> Bundle:
         inputs = await self.inputs(work_id, kind) if stored_checksum is not None else None
         if inputs is None or inputs.checksum != stored_checksum:
             if inputs is not None:
@@ -292,9 +297,9 @@ class Bundles:
             # First use, another configuration, or a stale row: computed and stored under the work's share lock.
             inputs = await self.stored_inputs.read_and_store(work_id, kind)
             if inputs is None:
-                raise NotFound(f"work {work_id!r} not found")
+                raise NotFound(f"work {work_id!r} not found", Reason.WORK_NOT_FOUND, work_id=work_id)
         if not inputs.members:
-            raise FailedPrecondition(f"work {work_id!r} has no members")
+            raise FailedPrecondition(f"work {work_id!r} has no members", Reason.WORK_HAS_NO_MEMBERS)
         where = dict(work_id=work_id, kind=kind.value, checksum=inputs.checksum)
         row = await self.db.fetchone("find_bundle", **where)
         # Storage is asked here, never while the row lock below is held.
@@ -319,7 +324,7 @@ class Bundles:
                     **where,
                 )
                 if inserted is not None:
-                    job = await self._enqueue_build(conn, bundle_id, len(inputs.members))
+                    job = await self._enqueue_build(conn, bundle_id, len(inputs.members), owner)
                     await self.db.execute("set_bundle_job", conn, bundle_id=bundle_id, job_id=job)
                     log.info("bundle %s: claimed build of %s %s (%s)", bundle_id, work_id, kind, inputs.checksum)
                     return await self._get_in(conn, bundle_id)
@@ -327,7 +332,7 @@ class Bundles:
                 assert locked is not None
             bundle = Bundle.from_row(locked)
             if self._needs_restart(bundle, missing):
-                job = await self._enqueue_build(conn, bundle.bundle_id, len(inputs.members))
+                job = await self._enqueue_build(conn, bundle.bundle_id, len(inputs.members), owner)
                 await self.db.execute("restart_bundle", conn, bundle_id=bundle.bundle_id, job_id=job)
                 log.info("bundle %s: rebuilding (was %s)", bundle.bundle_id, bundle.status)
             else:
@@ -373,8 +378,8 @@ class Bundles:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    async def _enqueue_build(self, conn: Conn, bundle_id: uuid.UUID, members: int) -> uuid.UUID:
-        job = await self.queue.enqueue(JobKind.BUILD_BUNDLE, BundlePayload(bundle_id), members, conn)
+    async def _enqueue_build(self, conn: Conn, bundle_id: uuid.UUID, members: int, owner: str) -> uuid.UUID:
+        job = await self.queue.enqueue(JobKind.BUILD_BUNDLE, BundlePayload(bundle_id), members, owner, conn)
         return job.job_id
 
     def _needs_restart(self, bundle: Bundle, missing: uuid.UUID | None) -> bool:

@@ -33,6 +33,21 @@ def _host_port(value: str) -> str | None:
     return None
 
 
+def _import_sources(value: str) -> str | None:
+    for source in split_list(value):
+        bucket, _, prefix = source.partition("/")
+        if not BUCKET_NAME.fullmatch(bucket):
+            return f"each entry must be bucket or bucket/prefix with a valid bucket name, got {source!r}"
+        if ".." in prefix.split("/") or "//" in prefix:
+            return f"a prefix must not contain '..' or '//', got {source!r}"
+    return None
+
+
+def split_list(value: str) -> list[str]:
+    """A comma-separated setting's entries, stripped, empty ones dropped."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
 @dataclass(frozen=True)
 class Settings:
     # Each field's metadata: "env" is its environment variable; the other keys are the rules
@@ -68,6 +83,37 @@ class Settings:
     workers: int = field(default=os.cpu_count() or 1, metadata={"env": "DERIVATIVES_WORKERS", "ge": 0})
     # Largest original (width x height) a transformer will decode.
     max_pixels: int = field(default=200_000_000, metadata={"env": "DERIVATIVES_MAX_PIXELS", "ge": 1})
+    # Largest decoded original: width x height x bands x bytes per band, from the header, before decoding.
+    max_decoded_bytes: int = field(default=3 * 1024**3, metadata={"env": "DERIVATIVES_MAX_DECODED_BYTES", "ge": 1})
+    # Address-space ceiling (RLIMIT_AS) of each pool process; 0 sets none.
+    worker_memory_bytes: int = field(default=2 * 1024**3, metadata={"env": "DERIVATIVES_WORKER_MEMORY", "ge": 0})
+    # Largest original (PutAsset, UploadOriginal, a storage_ref copy) and UpdateDerivative body, in bytes.
+    max_original_bytes: int = field(default=2 * 1024**3, metadata={"env": "DERIVATIVES_MAX_ORIGINAL_BYTES", "ge": 1})
+    max_derivative_bytes: int = field(
+        default=512 * 1024**2, metadata={"env": "DERIVATIVES_MAX_DERIVATIVE_BYTES", "ge": 1}
+    )
+    # Members of one work, assets of one CreateDerivatives, derivative keys in `only` + `exclude`.
+    max_work_members: int = field(default=100_000, metadata={"env": "DERIVATIVES_MAX_WORK_MEMBERS", "ge": 1})
+    max_job_assets: int = field(default=10_000, metadata={"env": "DERIVATIVES_MAX_JOB_ASSETS", "ge": 1})
+    max_request_keys: int = field(default=64, metadata={"env": "DERIVATIVES_MAX_REQUEST_KEYS", "ge": 1})
+    # Queued and running jobs one principal may have at once; past that, RESOURCE_EXHAUSTED. 0 = no limit.
+    max_jobs_per_principal: int = field(default=1000, metadata={"env": "DERIVATIVES_MAX_JOBS_PER_PRINCIPAL", "ge": 0})
+    # --- trust (docs/security.md) ---
+    # "auto": credentials required when a tokens file or client CA is set, refused start-up off loopback
+    # without either; "none": no authentication, anywhere (an explicit opt-out).
+    auth: str = field(default="auto", metadata={"env": "DERIVATIVES_AUTH", "choices": ("auto", "none")})
+    # TOML file of [[token]] tables: name, scopes, and sha256 (of a bearer token) or subject (of a client certificate).
+    tokens_file: str = field(default="", metadata={"env": "DERIVATIVES_TOKENS_FILE"})
+    # Accept bearer tokens over plaintext off loopback (they can be sniffed): an explicit opt-in.
+    allow_plaintext_tokens: bool = field(default=False, metadata={"env": "DERIVATIVES_ALLOW_PLAINTEXT_TOKENS"})
+    # PEM files: serve TLS with cert + key; with a client CA, require client certificates it signed (mTLS).
+    tls_cert: str = field(default="", metadata={"env": "DERIVATIVES_TLS_CERT"})
+    tls_key: str = field(default="", metadata={"env": "DERIVATIVES_TLS_KEY"})
+    tls_client_ca: str = field(default="", metadata={"env": "DERIVATIVES_TLS_CLIENT_CA"})
+    # Server reflection (grpcurl without proto files); open to anyone who reaches the port.
+    reflection: bool = field(default=True, metadata={"env": "DERIVATIVES_REFLECTION"})
+    # Where PutAsset's storage_ref may copy from: "bucket" or "bucket/prefix", comma-separated; empty = nowhere.
+    import_sources: str = field(default="", metadata={"env": "DERIVATIVES_IMPORT_SOURCES", "check": _import_sources})
     # TOML file of derivative definitions; empty uses the built-in set.
     definitions_file: str = field(default="", metadata={"env": "DERIVATIVES_DEFINITIONS"})
     # Presigned URL lifetime in seconds (S3 presigns for at most 7 days).
@@ -185,6 +231,9 @@ def check_settings(settings: Settings) -> None:
         complaint = _complaint(getattr(settings, f.name), f.metadata)
         if complaint:
             problems.append(f"{f.metadata['env']}: {complaint}")
+    own = [s for s in split_list(settings.import_sources) if s.partition("/")[0] in settings.buckets]
+    if own:
+        problems.append(f"DERIVATIVES_IMPORT_SOURCES: must not name the service's own buckets, got {own}")
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -213,15 +262,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     settings = Settings(**coerced)
     check_settings(settings)
     return settings
-
-
-def configure_logging(level: str) -> None:
-    """Every process's logging (servers, worker hosts, pool processes): one format, quiet libraries."""
-    import logging
-
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("pgserver", "pyvips"):  # they log every subprocess and deprecation at INFO
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def settings_or_exit() -> Settings:

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from core.errors import InvalidArgument
+from core.errors import InvalidArgument, Reason, quote
 from core.ids import BUCKET_NAME, DERIVATIVE_KEY
 
 # Built-in transformers (worker/imaging.py); "none" deliberately makes no derivative.
@@ -113,13 +113,13 @@ class Registry:
     def check_keys(self, only: list[str], exclude: list[str]) -> None:
         known = set(self.keys())
         violations = [
-            (f"{name}[{i}]", f"unknown key {key!r}; valid keys: {', '.join(sorted(known))}")
+            (f"{name}[{i}]", f"unknown key {quote(key)}; valid keys: {', '.join(sorted(known))}")
             for name, keys in (("only", only), ("exclude", exclude))
             for i, key in enumerate(keys)
             if key not in known
         ]
         if violations:
-            raise InvalidArgument(violations)
+            raise InvalidArgument(violations, Reason.UNKNOWN_DERIVATIVE_KEY)
 
     def buckets(self) -> tuple[str, ...]:
         """Buckets definitions name beyond the default one (created at start-up)."""

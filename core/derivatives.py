@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from psycopg.types.json import Jsonb
 
 from core.database import Database
-from core.errors import FailedPrecondition, NotFound
+from core.errors import FailedPrecondition, NotFound, Reason
 from core.media import EXTENSIONS, Spooled, pixel_size, resolve_media_type
 from core.queue import JobQueue
 from core.records import Asset, AssetFailure, Derivative, DerivativesPayload, Job, JobKind, Location
@@ -62,16 +62,23 @@ class Derivatives:
         self.bucket = bucket
 
     async def request(
-        self, asset_ids: Iterable[str], only: Iterable[str] = (), exclude: Iterable[str] = (), lazy: bool = False
+        self,
+        asset_ids: Iterable[str],
+        only: Iterable[str] = (),
+        exclude: Iterable[str] = (),
+        lazy: bool = False,
+        *,
+        owner: str,
     ) -> Job:
         """Queue derivative creation for assets that must exist (NOT_FOUND lists those that do not)."""
         unique = list(dict.fromkeys(asset_ids))
         found = {r["asset_id"] for r in await self.db.fetchall("existing_asset_ids", asset_ids=unique)}
         missing = [a for a in unique if a not in found]
         if missing:
-            raise NotFound(f"asset(s) not found: {', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}")
+            shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
+            raise NotFound(f"asset(s) not found: {shown}", Reason.ASSET_NOT_FOUND, asset_id=missing[0])
         payload = DerivativesPayload(tuple(unique), tuple(only), tuple(exclude), lazy)
-        return await self.queue.enqueue(JobKind.CREATE_DERIVATIVES, payload, len(unique))
+        return await self.queue.enqueue(JobKind.CREATE_DERIVATIVES, payload, len(unique), owner)
 
     async def of_asset(self, asset_id: str) -> list[Derivative]:
         return [Derivative.from_row(r) for r in await self.db.fetchall("list_derivatives", asset_id=asset_id)]
@@ -187,12 +194,13 @@ class Derivatives:
         asset = await self.db.fetchone("get_asset", asset_id=asset_id)
         if asset is None:
             await self.delete_objects([made.location])
-            raise NotFound(f"asset {asset_id!r} not found")
+            raise NotFound(f"asset {asset_id!r} not found", Reason.ASSET_NOT_FOUND, asset_id=asset_id)
         sha = expected_original_sha512 or asset["sha512"]
         attached = await self.attach(asset_id, sha, [made])
         if attached is None:
             raise FailedPrecondition(
-                f"asset {asset_id!r} original is no longer {sha[:16]}…; the derivative was not attached"
+                f"asset {asset_id!r} original is no longer {sha[:16]}…; the derivative was not attached",
+                Reason.ORIGINAL_CHANGED,
             )
         return attached[0]
 
@@ -210,10 +218,10 @@ class Derivatives:
     async def remove(self, asset_id: str, key: str) -> None:
         async with self.db.transaction() as conn:
             if await self.db.fetchone("lock_asset", conn, asset_id=asset_id) is None:
-                raise NotFound(f"asset {asset_id!r} not found")
+                raise NotFound(f"asset {asset_id!r} not found", Reason.ASSET_NOT_FOUND, asset_id=asset_id)
             row = await self.db.fetchone("delete_derivative", conn, asset_id=asset_id, key=key)
             if row is None:
-                raise NotFound(f"asset {asset_id!r} has no derivative {key!r}")
+                raise NotFound(f"asset {asset_id!r} has no derivative {key!r}", Reason.DERIVATIVE_NOT_FOUND, key=key)
         await self.delete_objects([Location.from_row(row)])
 
     async def delete_objects(self, locations: Iterable[Location]) -> None:

@@ -54,7 +54,7 @@ async def open_domain(settings: Settings, registry: Registry, database_url: str,
         await db.close()
         raise
     storage = open_storage(settings)
-    queue = PostgresQueue(db, settings.job_lease_seconds)
+    queue = PostgresQueue(db, settings.job_lease_seconds, settings.max_jobs_per_principal)
     stored_inputs = StoredInputs(db, registry, settings)
     return Domain(
         settings=settings,

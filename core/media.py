@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from core.errors import InvalidArgument
+from core.errors import InvalidArgument, Reason, quote
 
 log = logging.getLogger("derivatives.media")
 
@@ -94,17 +94,35 @@ class Spooled:
     head: bytes
 
 
-class Spooler:
-    """Writes chunks to a file while hashing them: one pass, constant memory."""
+@dataclass(frozen=True)
+class SizeLimit:
+    """The most bytes a stream may carry, and how to say it carried more."""
 
-    def __init__(self, path: Path) -> None:
+    max_bytes: int
+    field: str
+    reason: Reason
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument.one(self.field, f"larger than the limit of {self.max_bytes:,} bytes", self.reason)
+
+
+class Spooler:
+    """Writes chunks to a file while hashing them: one pass, constant memory.
+
+    With a limit, the chunk that passes it raises (nothing more is written, the file is deleted).
+    """
+
+    def __init__(self, path: Path, limit: SizeLimit | None = None) -> None:
         self.path = path
+        self.limit = limit
         self._fh: BinaryIO = open(path, "wb")
         self._hash = hashlib.sha512()
         self._size = 0
         self._head = b""
 
     def write(self, chunk: bytes) -> None:
+        if self.limit is not None and self._size + len(chunk) > self.limit.max_bytes:
+            raise self.limit.error()
         self._size += len(chunk)
         if len(self._head) < 64:
             self._head += chunk[: 64 - len(self._head)]
@@ -120,8 +138,10 @@ class Spooler:
         self.path.unlink(missing_ok=True)
 
 
-def spool_stream(stream: BinaryIO | Iterable[bytes], path: Path, chunk: int = 1024 * 1024) -> Spooled:
-    spooler = Spooler(path)
+def spool_stream(
+    stream: BinaryIO | Iterable[bytes], path: Path, limit: SizeLimit | None = None, chunk: int = 1024 * 1024
+) -> Spooled:
+    spooler = Spooler(path, limit)
     try:
         if isinstance(stream, Iterable) and not hasattr(stream, "read"):
             for part in stream:
@@ -135,8 +155,8 @@ def spool_stream(stream: BinaryIO | Iterable[bytes], path: Path, chunk: int = 10
     return spooler.finish()
 
 
-async def spool_async(chunks: AsyncIterable[bytes], path: Path) -> Spooled:
-    spooler = Spooler(path)
+async def spool_async(chunks: AsyncIterable[bytes], path: Path, limit: SizeLimit | None = None) -> Spooled:
+    spooler = Spooler(path, limit)
     try:
         async for part in chunks:
             if len(part) >= 64 * 1024:  # hashing and writing a big chunk would stall the event loop
@@ -178,14 +198,18 @@ def resolve_media_type(declared: str, head: bytes) -> str:
     field = "content_type"
     normalized = normalize_media_type(declared) if declared else ""
     if normalized and not MEDIA_TYPE.fullmatch(normalized):
-        raise InvalidArgument.one(field, f"{declared!r} is not a media type (type/subtype)")
+        raise InvalidArgument.one(field, f"{quote(declared)} is not a media type (type/subtype)")
     sniffed = sniff(head)
     if sniffed is not None:
         if normalized and normalized != sniffed:
-            raise InvalidArgument.one(field, f"declared {normalized} but the bytes are {sniffed}")
+            raise InvalidArgument.one(
+                field, f"declared {normalized} but the bytes are {sniffed}", Reason.CONTENT_TYPE_MISMATCH
+            )
         return sniffed
     if not normalized:
         raise InvalidArgument.one(field, "the bytes are of no recognized type; declare the content type")
     if normalized in SNIFFABLE:
-        raise InvalidArgument.one(field, f"declared {normalized} but the bytes are not {normalized}")
+        raise InvalidArgument.one(
+            field, f"declared {normalized} but the bytes are not {normalized}", Reason.CONTENT_TYPE_MISMATCH
+        )
     return normalized

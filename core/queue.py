@@ -28,7 +28,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from core.database import Database, Row
-from core.errors import NotFound
+from core.errors import NotFound, Reason, ResourceExhausted
 from core.records import AssetFailure, Job, JobKind, Payload, Stage
 
 # LISTEN/NOTIFY channels. PROGRESS_CHANNEL is also named in migration 0002's trigger.
@@ -37,6 +37,8 @@ PROGRESS_CHANNEL = "derivatives_progress"
 # Finished jobs and their progress events are forgotten this long after they end.
 RETENTION_SECONDS = 7 * 24 * 3600.0
 MAX_RETRY_DELAY = 60.0
+# RetryInfo of a refused enqueue: a caller over its job limit tries again after this long.
+RETRY_AFTER_SECONDS = 10.0
 
 
 def retries(job: Job, permanent: bool) -> bool:
@@ -55,7 +57,9 @@ Conn = psycopg.AsyncConnection[Row]
 class JobQueue(Protocol):
     lease_seconds: float
 
-    async def enqueue(self, kind: JobKind, payload: Payload, total: int, conn: Conn | None = None) -> Job: ...
+    async def enqueue(
+        self, kind: JobKind, payload: Payload, total: int, owner: str, conn: Conn | None = None
+    ) -> Job: ...
     async def get(self, job_id: uuid.UUID) -> Job: ...
     async def claim(self, worker_id: str, kinds: Sequence[JobKind]) -> Job | None: ...
     async def renew(self, job_id: uuid.UUID, worker_id: str) -> bool: ...
@@ -84,20 +88,42 @@ class JobQueue(Protocol):
 class PostgresQueue:
     """The queue in the `jobs` table."""
 
-    def __init__(self, db: Database, lease_seconds: float = 30.0) -> None:
+    def __init__(self, db: Database, lease_seconds: float = 30.0, max_active_per_owner: int = 0) -> None:
         self.db = db
         self.lease_seconds = lease_seconds
+        self.max_active_per_owner = max_active_per_owner  # 0: no limit
 
-    async def enqueue(self, kind: JobKind, payload: Payload, total: int, conn: Conn | None = None) -> Job:
-        """Insert a job (inside `conn`'s transaction when given: it becomes visible on commit)."""
+    async def enqueue(self, kind: JobKind, payload: Payload, total: int, owner: str, conn: Conn | None = None) -> Job:
+        """Insert a job for `owner` (inside `conn`'s transaction when given: it becomes visible on commit).
+
+        ResourceExhausted when the owner already has `max_active_per_owner` jobs queued or running.
+        The count and the insert are not serialized: concurrent calls of one owner may each pass
+        the check, so the limit can be exceeded by as many calls as run at once.
+        """
         if conn is None:
             async with self.db.transaction() as own:
-                return await self._insert(own, kind, payload, total)
-        return await self._insert(conn, kind, payload, total)
+                return await self._insert(own, kind, payload, total, owner)
+        return await self._insert(conn, kind, payload, total, owner)
 
-    async def _insert(self, conn: Conn, kind: JobKind, payload: Payload, total: int) -> Job:
+    async def _insert(self, conn: Conn, kind: JobKind, payload: Payload, total: int, owner: str) -> Job:
+        limit = self.max_active_per_owner
+        if limit > 0:
+            row = await self.db.fetchone("active_jobs_of_owner", conn, owner=owner, limit=limit)
+            if row is not None and row["active"] >= limit:
+                raise ResourceExhausted(
+                    f"{owner} already has {limit} jobs queued or running; wait for some to finish",
+                    Reason.TOO_MANY_JOBS,
+                    retry_after=RETRY_AFTER_SECONDS,
+                    limit=str(limit),
+                )
         row = await self.db.fetchone(
-            "insert_job", conn, job_id=uuid.uuid4(), kind=kind.value, payload=Jsonb(payload.as_json()), total=total
+            "insert_job",
+            conn,
+            job_id=uuid.uuid4(),
+            kind=kind.value,
+            payload=Jsonb(payload.as_json()),
+            total=total,
+            owner=owner,
         )
         assert row is not None
         await conn.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, kind.value))
@@ -106,7 +132,7 @@ class PostgresQueue:
     async def get(self, job_id: uuid.UUID) -> Job:
         row = await self.db.fetchone("get_job", job_id=job_id)
         if row is None:
-            raise NotFound(f"job {job_id} not found")
+            raise NotFound(f"job {job_id} not found", Reason.JOB_NOT_FOUND)
         return Job.from_row(row)
 
     async def claim(self, worker_id: str, kinds: Sequence[JobKind]) -> Job | None:

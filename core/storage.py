@@ -23,7 +23,8 @@ from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
 
 from core.config import Settings
-from core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from core.errors import FailedPrecondition, InvalidArgument, NotFound, Reason, Unavailable
+from core.errors import quote as quoted
 from core.ids import BUCKET_NAME
 from core.lru import ExpiringLRU
 from core.records import Location
@@ -31,15 +32,16 @@ from core.records import Location
 log = logging.getLogger("derivatives.storage")
 
 PART_SIZE = 16 * 1024 * 1024
+MAX_KEY_BYTES = 1024  # S3's limit on an object key
 CHUNK = 1024 * 1024
 
 
 class StorageUnavailable(Unavailable):
-    pass
+    default_reason = Reason.STORAGE_UNAVAILABLE
 
 
 class ObjectMissing(NotFound):
-    pass
+    default_reason = Reason.SOURCE_NOT_FOUND
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,12 @@ def check_location(bucket: str, key: str, prefix: str = "location") -> None:
     if not BUCKET_NAME.fullmatch(bucket or ""):
         violations.append((f"{prefix}.bucket", "must be a valid bucket name ([a-z0-9.-], 3-63 characters)"))
     parts = (key or "").split("/")
-    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in key:
+    if len((key or "").encode()) > MAX_KEY_BYTES:
+        violations.append((f"{prefix}.key", f"at most {MAX_KEY_BYTES} bytes (UTF-8)"))
+    elif not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
         violations.append((f"{prefix}.key", "must be a relative object key without empty, '.' or '..' segments"))
+    elif any(ord(c) < 32 or ord(c) == 127 for c in key):
+        violations.append((f"{prefix}.key", "must not contain control characters"))
     if violations:
         raise InvalidArgument(violations)
 
@@ -170,7 +176,7 @@ class FileStorage:
         try:
             fh = open(self._path(bucket, key), "rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise ObjectMissing(f"object {bucket}/{key} not found") from None
+            raise ObjectMissing(f"object {bucket}/{quoted(key)} not found") from None
         with fh:
             if offset:
                 fh.seek(offset)  # past the end is fine: reads then return b""
@@ -257,10 +263,12 @@ class S3Storage:
             yield
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchBucket"):
-                raise ObjectMissing(f"object {bucket}/{key} not found") from None
+                raise ObjectMissing(f"object {bucket}/{quoted(key)} not found") from None
             if exc.code in ("AccessDenied", "AllAccessDisabled"):
-                raise FailedPrecondition(f"the service may not access {bucket}/{key}") from None
-            raise StorageUnavailable(f"object storage error {exc.code} for {bucket}/{key}") from exc
+                raise FailedPrecondition(
+                    f"the service may not access {bucket}/{quoted(key)}", Reason.STORAGE_ACCESS_DENIED
+                ) from None
+            raise StorageUnavailable(f"object storage error {exc.code} for {bucket}/{quoted(key)}") from exc
         except (HTTPError, OSError) as exc:
             raise StorageUnavailable(f"object storage at {self.endpoint} unavailable") from exc
 

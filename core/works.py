@@ -6,10 +6,8 @@ import psycopg
 
 from core.bundles import StoredInputs
 from core.database import Database
-from core.errors import NotFound
+from core.errors import NotFound, Reason
 from core.records import Work
-
-MAX_MEMBERS = 100_000
 
 
 class Works:
@@ -27,7 +25,7 @@ class Works:
                 missing = sorted(set(member_asset_ids) - existing)
                 if missing:
                     shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
-                    raise NotFound(f"member asset(s) not found: {shown}")
+                    raise NotFound(f"member asset(s) not found: {shown}", Reason.ASSET_NOT_FOUND, asset_id=missing[0])
                 work = await self.db.fetchone(
                     "upsert_work", conn, work_id=work_id, title=title, creator=creator, url=url
                 )
@@ -37,13 +35,15 @@ class Works:
                     await self.db.execute("insert_work_members", conn, work_id=work_id, asset_ids=member_asset_ids)
                 await self.stored_inputs.refresh(conn, work_id)  # under the work's row lock, in this transaction
         except psycopg.errors.ForeignKeyViolation:
-            raise NotFound("a member asset was deleted while the work was being saved") from None
+            raise NotFound(
+                "a member asset was deleted while the work was being saved", Reason.ASSET_NOT_FOUND
+            ) from None
         return Work.from_row(work, member_asset_ids)
 
     async def get(self, work_id: str) -> Work:
         async with self.db.connection() as conn:
             row = await self.db.fetchone("get_work", conn, work_id=work_id)
             if row is None:
-                raise NotFound(f"work {work_id!r} not found")
+                raise NotFound(f"work {work_id!r} not found", Reason.WORK_NOT_FOUND, work_id=work_id)
             members = await self.db.fetchall("list_work_members", conn, work_id=work_id)
         return Work.from_row(row, [m["asset_id"] for m in members])

@@ -10,8 +10,10 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import asyncio
 
-from core.config import configure_logging, settings_or_exit
+from core.config import settings_or_exit
 from core.host import Host, registry_or_exit
+from core.logs import configure_logging
+from server.auth import Security
 from server.grpc_role import GrpcRole
 from worker.host import base_roles, runner_roles
 
@@ -20,8 +22,9 @@ def main() -> None:
     settings = settings_or_exit()
     configure_logging(settings.log_level)
     registry = registry_or_exit(settings)  # a bad file stops start-up, before anything runs
+    security = Security.plan(settings)  # so does a bad tokens file, or no credentials off loopback
     # The roles are made here, before the event loop: the runner's pool is spawned now.
-    roles = [*base_roles(settings), GrpcRole(), *runner_roles(settings, settings.workers)]
+    roles = [*base_roles(settings), GrpcRole(security), *runner_roles(settings, settings.workers)]
     asyncio.run(Host(settings, registry, roles, name="derivatives-server").run())
 
 

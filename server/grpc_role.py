@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from core.host import HostContext
 from core.progress import ProgressHub
 from derivatives.v1 import derivatives_pb2, derivatives_pb2_grpc
+from server.auth import Security
 from server.health import HealthMonitor
 from server.service import DerivativeService
 
@@ -30,32 +31,40 @@ KEEPALIVE = [
 class GrpcRole:
     name = "grpc"
 
-    def __init__(self) -> None:
+    def __init__(self, security: Security) -> None:
+        self.security = security  # planned before start-up (Security.plan): a refusal stops it early
         self.server: grpc.aio.Server | None = None  # set once started
         self.monitor: HealthMonitor | None = None
         self.hub: ProgressHub | None = None
 
     async def start(self, ctx: HostContext) -> None:
         domain, settings = ctx.domain, ctx.settings
+        security = self.security
         server = grpc.aio.server(
+            interceptors=security.interceptors(),
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 *KEEPALIVE,
-            ]
+            ],
         )
         derivatives_pb2_grpc.add_DerivativeServiceServicer_to_server(DerivativeService(domain), server)
         monitor = HealthMonitor(domain.db, domain.storage, domain.buckets, settings.health_interval_seconds)
         health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
-        reflection.enable_server_reflection(
-            [
-                derivatives_pb2.DESCRIPTOR.services_by_name["DerivativeService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
-        )
-        if server.add_insecure_port(settings.listen) == 0:
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                [
+                    derivatives_pb2.DESCRIPTOR.services_by_name["DerivativeService"].full_name,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ],
+                server,
+            )
+        if security.server_credentials is not None:
+            port = server.add_secure_port(settings.listen, security.server_credentials)
+        else:
+            port = server.add_insecure_port(settings.listen)
+        if port == 0:
             raise SystemExit(f"cannot listen on {settings.listen}")
         await asyncio.to_thread(domain.assets.sweep_tmp)  # this process takes the uploads
         self.monitor = monitor
@@ -65,7 +74,11 @@ class GrpcRole:
         await server.start()
         self.server = server
         log.info(
-            "serving derivatives.v1.DerivativeService on %s (storage: %s)", settings.listen, domain.storage.backend
+            "serving derivatives.v1.DerivativeService on %s (%s, %s; storage: %s)",
+            settings.listen,
+            "TLS" if security.server_credentials is not None else "plaintext",
+            security.describe(),
+            domain.storage.backend,
         )
 
     async def drain(self, grace: float) -> None:

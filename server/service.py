@@ -13,20 +13,19 @@ import grpc
 from google.protobuf import empty_pb2
 
 from core.domain import Domain
-from core.errors import InvalidArgument
+from core.errors import InvalidArgument, Reason
 from core.ids import CALLER_ID, SHA512_HEX, check_caller_id, check_caller_ids, check_key, check_text, require_uuid
-from core.media import Spooled, spool_async, spool_stream
+from core.media import SizeLimit, Spooled, spool_async, spool_stream
 from core.records import AssetView, Bundle
 from core.singleflight import SingleFlight
 from core.storage import read_object
-from core.works import MAX_MEMBERS
 from derivatives.v1 import derivatives_pb2 as pb
 from derivatives.v1 import derivatives_pb2_grpc as pb_grpc
 from server import convert
+from server.auth import current_principal
 from server.status import field_paths, streaming, unary
 
 log = logging.getLogger("derivatives.service")
-MAX_ASSETS_PER_JOB = 10_000
 MAX_PAGE = 10_000
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 # The request paths of the domain's fields, for the streamed uploads' header-then-chunks messages.
@@ -59,7 +58,8 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         spooled: Spooled
         if source == "data":
             path = self.d.assets.temp_path()
-            spooled = await asyncio.to_thread(spool_stream, [request.data], path)
+            limit = self.d.assets.original_limit("data")
+            spooled = await asyncio.to_thread(spool_stream, [request.data], path, limit)
         else:
             ref = request.storage_ref
             spooled = await self.d.assets.spool_from_storage(ref.bucket, ref.key)
@@ -69,6 +69,7 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
             spooled,
             filename=request.filename,
             skip_derivatives=request.skip_derivatives,
+            owner=current_principal(),
         )
         return self._asset(view)
 
@@ -86,16 +87,19 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         if violations:
             raise InvalidArgument(violations)
 
-        spooled = await spool_async(chunks, self.d.assets.temp_path())
+        spooled = await spool_async(chunks, self.d.assets.temp_path(), self.d.assets.original_limit("chunk"))
         if header.expected_sha512 and spooled.sha512 != header.expected_sha512:
             spooled.path.unlink(missing_ok=True)
-            raise InvalidArgument.one("header.expected_sha512", f"the received bytes have sha512 {spooled.sha512}")
+            raise InvalidArgument.one(
+                "header.expected_sha512", f"the received bytes have sha512 {spooled.sha512}", Reason.CHECKSUM_MISMATCH
+            )
         view = await self.d.assets.put(
             header.asset_id,
             header.content_type,
             spooled,
             filename=header.filename,
             skip_derivatives=header.skip_derivatives,
+            owner=current_principal(),
         )
         return self._asset(view)
 
@@ -139,8 +143,8 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
             violations.append(("title", "required"))
         for name in ("title", "creator", "url"):
             check_text(getattr(request, name), name, violations)
-        if len(request.member_asset_ids) > MAX_MEMBERS:
-            violations.append(("member_asset_ids", f"at most {MAX_MEMBERS} members"))
+        if len(request.member_asset_ids) > self.d.settings.max_work_members:
+            violations.append(("member_asset_ids", f"at most {self.d.settings.max_work_members:,} members"))
         check_caller_ids(list(request.member_asset_ids), "member_asset_ids", violations)
         if violations:
             raise InvalidArgument(violations)
@@ -169,13 +173,17 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         violations: list[tuple[str, str]] = []
         if not request.asset_ids:
             violations.append(("asset_ids", "at least one asset"))
-        elif len(request.asset_ids) > MAX_ASSETS_PER_JOB:
-            violations.append(("asset_ids", f"at most {MAX_ASSETS_PER_JOB} per job"))
+        elif len(request.asset_ids) > self.d.settings.max_job_assets:
+            violations.append(("asset_ids", f"at most {self.d.settings.max_job_assets:,} per job"))
+        if len(request.only) + len(request.exclude) > self.d.settings.max_request_keys:
+            violations.append(("only", f"at most {self.d.settings.max_request_keys} keys in only and exclude together"))
         check_caller_ids(list(request.asset_ids), "asset_ids", violations)
         if violations:
             raise InvalidArgument(violations)
         self.d.registry.check_keys(list(request.only), list(request.exclude))
-        job = await self.d.derivatives.request(request.asset_ids, request.only, request.exclude, request.lazy)
+        job = await self.d.derivatives.request(
+            request.asset_ids, request.only, request.exclude, request.lazy, owner=current_principal()
+        )
         return convert.job(job)
 
     @unary
@@ -202,7 +210,8 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         if violations:
             raise InvalidArgument(violations)
 
-        spooled = await spool_async(chunks, self.d.assets.temp_path())
+        limit = SizeLimit(self.d.settings.max_derivative_bytes, "chunk", Reason.DERIVATIVE_TOO_LARGE)
+        spooled = await spool_async(chunks, self.d.assets.temp_path(), limit)
         derivative = await self.d.derivatives.update(
             header.asset_id, header.key, header.content_type, spooled, dict(header.metadata), sha
         )
@@ -259,7 +268,7 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         if violations:
             raise InvalidArgument(violations)
         assert kind is not None
-        return self._bundle(await self.d.bundles.find_or_create(request.work_id, kind))
+        return self._bundle(await self.d.bundles.find_or_create(request.work_id, kind, current_principal()))
 
     @streaming
     async def ReadBundle(self, request: pb.ReadBundleRequest, context: Context) -> AsyncIterator[pb.ReadBundleResponse]:

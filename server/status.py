@@ -9,25 +9,38 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from core.database import is_unavailable
 from core.errors import (
+    QUOTE_CHARS,
     DomainError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    Reason,
+    ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 
 log = logging.getLogger("derivatives.rpc")
 
+# ErrorInfo.domain of every error this service sends.
+ERROR_DOMAIN = "derivatives.v1"
+MAX_VIOLATIONS = 20  # a reply lists at most this many; the rest are counted in one more
+MAX_MESSAGE = 1000  # characters of a status message (gRPC trailers are limited to a few KB)
+
 _CODES: list[tuple[type[DomainError], int]] = [
     (InvalidArgument, code_pb2.INVALID_ARGUMENT),
     (NotFound, code_pb2.NOT_FOUND),
     (FailedPrecondition, code_pb2.FAILED_PRECONDITION),
+    (PermissionDenied, code_pb2.PERMISSION_DENIED),
+    (Unauthenticated, code_pb2.UNAUTHENTICATED),
+    (ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
     (Unavailable, code_pb2.UNAVAILABLE),
 ]
 
@@ -57,27 +70,62 @@ def request_path(field: str, paths: FieldPaths) -> str:
     return field
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    detail = any_pb2.Any()
+    detail.Pack(message)
+    return detail
+
+
+def _error_info(reason: Reason, metadata: Mapping[str, str] | None = None) -> any_pb2.Any:
+    return _pack(error_details_pb2.ErrorInfo(reason=reason.value, domain=ERROR_DOMAIN, metadata=metadata or {}))
+
+
 def to_status(exc: BaseException, paths: FieldPaths | None = None) -> status_pb2.Status:
-    """The google.rpc.Status for an exception (INTERNAL, with a log reference, when unexpected)."""
+    """The google.rpc.Status for an exception (INTERNAL, with a log reference, when unexpected).
+
+    Every status carries one ErrorInfo; INVALID_ARGUMENT also a BadRequest (at most
+    MAX_VIOLATIONS field violations, each clipped), RESOURCE_EXHAUSTED also a RetryInfo.
+    """
     if isinstance(exc, InvalidArgument):
-        violations = [(request_path(f, paths or {}), d) for f, d in exc.violations]
+        violations = [
+            (_clip(request_path(f, paths or {}), 2 * QUOTE_CHARS), _clip(d, 3 * QUOTE_CHARS))
+            for f, d in exc.violations[:MAX_VIOLATIONS]
+        ]
+        if len(exc.violations) > MAX_VIOLATIONS:
+            violations.append(("", f"and {len(exc.violations) - MAX_VIOLATIONS:,} more violations"))
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
             ]
         )
-        detail = any_pb2.Any()
-        detail.Pack(bad)
-        message = "; ".join(f"{f}: {d}" for f, d in violations)
-        return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[detail])
+        message = _clip("; ".join(f"{f}: {d}" if f else d for f, d in violations), MAX_MESSAGE)
+        details = [_error_info(exc.reason, exc.metadata), _pack(bad)]
+        return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=details)
     for kind, code in _CODES:
         if isinstance(exc, kind):
-            return status_pb2.Status(code=code, message=str(exc))
+            details = [_error_info(exc.reason, exc.metadata)]
+            if isinstance(exc, ResourceExhausted):
+                delay = duration_pb2.Duration()
+                delay.FromMilliseconds(round(exc.retry_after * 1000))
+                details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+            return status_pb2.Status(code=code, message=_clip(str(exc), MAX_MESSAGE), details=details)
     if is_unavailable(exc):
-        return status_pb2.Status(code=code_pb2.UNAVAILABLE, message="database unavailable")
+        return status_pb2.Status(
+            code=code_pb2.UNAVAILABLE,
+            message="database unavailable",
+            details=[_error_info(Reason.DATABASE_UNAVAILABLE)],
+        )
     ref = uuid.uuid4().hex[:12]
     log.error("internal error (ref %s)", ref, exc_info=exc)
-    return status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (reference {ref})")
+    return status_pb2.Status(
+        code=code_pb2.INTERNAL,
+        message=f"internal error (reference {ref})",
+        details=[_error_info(Reason.INTERNAL, {"reference": ref})],
+    )
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, paths: FieldPaths) -> NoReturn:

@@ -181,8 +181,17 @@ class ServerProcess:
         return open_storage(self.settings)
 
 
+# Where the test servers' PutAsset may copy from (storage_ref): a whole bucket, and one folder of another.
+IMPORT_SOURCES = "incoming,staging/allowed"
+
+
 def server_env(backend: str, database_url: str, data_dir: Path, s3: S3Endpoint | None, **extra: str) -> dict[str, str]:
-    env = {"DATABASE_URL": database_url, "DERIVATIVES_DATA_DIR": str(data_dir), "DERIVATIVES_STORAGE": backend}
+    env = {
+        "DATABASE_URL": database_url,
+        "DERIVATIVES_DATA_DIR": str(data_dir),
+        "DERIVATIVES_STORAGE": backend,
+        "DERIVATIVES_IMPORT_SOURCES": IMPORT_SOURCES,
+    }
     if backend == "s3":
         assert s3 is not None
         prefix = uuid.uuid4().hex[:8]  # one set of buckets per server: tests compare bucket listings

@@ -39,7 +39,21 @@ def expect_error(code: grpc.StatusCode, call: Callable[..., Any], *args: Any, **
     err = info.value
     assert err.code() == code, f"expected {code}, got {err.code()}: {err.details()}"
     assert "Traceback" not in (err.details() or "")
+    assert error_reason(err), f"no ErrorInfo on {err.code()}: {err.details()}"
     return err
+
+
+def error_reason(err: grpc.RpcError) -> str:
+    """The reason of the one google.rpc.ErrorInfo every error of the service carries ("" if none)."""
+    status = rpc_status.from_call(err)
+    infos = [d for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)] if status else []
+    assert len(infos) <= 1, "more than one ErrorInfo"
+    if not infos:
+        return ""
+    info = error_details_pb2.ErrorInfo()
+    infos[0].Unpack(info)
+    assert info.domain == "derivatives.v1"
+    return info.reason
 
 
 def field_violations(err: grpc.RpcError) -> dict[str, str]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from core.config import configure_logging, settings_or_exit
+from core.config import settings_or_exit
 from core.host import Host, registry_or_exit
+from core.logs import configure_logging
 from worker.host import base_roles, runner_roles
 
 

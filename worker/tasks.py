@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.config import Settings, configure_logging, load_settings
+from core.config import Settings, load_settings
 from core.definitions import Definition
 from core.derivatives import Failed, Made, object_key
+from core.logs import configure_logging
 from core.records import Asset, Location
 from core.storage import ObjectMissing, ObjectStorage, open_storage
 

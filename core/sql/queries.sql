@@ -110,9 +110,15 @@ SELECT asset_id FROM assets WHERE asset_id = ANY(%(asset_ids)s::text[]);
 SELECT asset_id FROM assets WHERE asset_id = ANY(%(asset_ids)s::text[]) ORDER BY asset_id FOR KEY SHARE;
 
 -- name: insert_job
-INSERT INTO jobs (job_id, kind, payload, total)
-VALUES (%(job_id)s, %(kind)s, %(payload)s, %(total)s)
+INSERT INTO jobs (job_id, kind, payload, total, owner)
+VALUES (%(job_id)s, %(kind)s, %(payload)s, %(total)s, %(owner)s)
 RETURNING *;
+
+-- name: active_jobs_of_owner
+-- Counts at most %(limit)s rows: the cost of the check does not grow with a flood.
+SELECT count(*) AS active FROM (
+    SELECT 1 FROM jobs WHERE owner = %(owner)s AND stage IN ('queued', 'running', 'finishing') LIMIT %(limit)s
+) AS active;
 
 -- name: get_job
 SELECT * FROM jobs WHERE job_id = %(job_id)s;

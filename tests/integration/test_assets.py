@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from derivatives.v1 import derivatives_pb2 as pb
 from tests import images
 from tests.harness import ServerProcess
-from tests.helpers import Stub, expect_error, field_violations
+from tests.helpers import Stub, error_reason, expect_error, field_violations
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -132,36 +133,62 @@ def test_upload_original_needs_a_header_first(stub: Stub) -> None:
     assert "header" in field_violations(err)
 
 
-def test_put_from_storage_ref_copies_the_object(stub: Stub, server: ServerProcess) -> None:
+def test_put_from_storage_ref_copies_from_an_import_source(stub: Stub, server: ServerProcess) -> None:
     storage = server.storage()
-    bucket = server.settings.bucket_originals
+    storage.ensure_buckets(("incoming", "staging"))
     data = images.png(64, 32)
-    import io
-
-    storage.put(bucket, "incoming/scan-1.png", io.BytesIO(data), length=len(data))
+    storage.put("incoming", "scans/scan-1.png", io.BytesIO(data), length=len(data))
     asset = stub.PutAsset(
         pb.PutAssetRequest(
             asset_id=new_id(),
-            storage_ref=pb.StorageRef(bucket=bucket, key="incoming/scan-1.png"),
+            storage_ref=pb.StorageRef(bucket="incoming", key="scans/scan-1.png"),
             skip_derivatives=True,
         )
     )
     assert (asset.content_type, asset.sha512) == ("image/png", hashlib.sha512(data).hexdigest())
-    assert storage.stat(bucket, "incoming/scan-1.png") is not None  # the caller keeps its object
-    expect_error(
+    assert storage.stat("incoming", "scans/scan-1.png") is not None  # the caller keeps its object
+    err = expect_error(
         grpc.StatusCode.NOT_FOUND,
         stub.PutAsset,
-        pb.PutAssetRequest(asset_id=new_id(), storage_ref=pb.StorageRef(bucket=bucket, key="incoming/nothing.png")),
+        pb.PutAssetRequest(asset_id=new_id(), storage_ref=pb.StorageRef(bucket="incoming", key="scans/nothing.png")),
     )
+    assert error_reason(err) == "SOURCE_NOT_FOUND"
     # A "directory" (a key prefix) is not an object either.
-    directory = pb.StorageRef(bucket=bucket, key="incoming")
+    directory = pb.StorageRef(bucket="incoming", key="scans")
     expect_error(grpc.StatusCode.NOT_FOUND, stub.PutAsset, pb.PutAssetRequest(asset_id=new_id(), storage_ref=directory))
+    # bucket/prefix: only keys under that folder.
+    storage.put("staging", "allowed/a.png", io.BytesIO(data), length=len(data))
+    storage.put("staging", "allowed-not/a.png", io.BytesIO(data), length=len(data))
+    ref = pb.StorageRef(bucket="staging", key="allowed/a.png")
+    stub.PutAsset(pb.PutAssetRequest(asset_id=new_id(), storage_ref=ref, skip_derivatives=True))
+    ref = pb.StorageRef(bucket="staging", key="allowed-not/a.png")
     err = expect_error(
-        INVALID,
-        stub.PutAsset,
-        pb.PutAssetRequest(asset_id=new_id(), storage_ref=pb.StorageRef(bucket=bucket, key="../../etc/passwd")),
+        grpc.StatusCode.PERMISSION_DENIED, stub.PutAsset, pb.PutAssetRequest(asset_id=new_id(), storage_ref=ref)
     )
-    assert "storage_ref.key" in field_violations(err)
+    assert error_reason(err) == "SOURCE_NOT_ALLOWED"
+
+
+def test_storage_ref_cannot_copy_the_services_own_objects(stub: Stub, server: ServerProcess) -> None:
+    """Another asset's original or derivative, or a bundle: PERMISSION_DENIED, before storage is asked."""
+    first = put(stub, new_id(), images.png(64, 32), "image/png")
+    settings = server.settings
+    original = server.storage().list(settings.bucket_originals, first.asset_id + "/")
+    key = next(iter(original)).key
+    for bucket, target in ((settings.bucket_originals, key), (settings.bucket_bundles, "w/x.pdf")):
+        ref = pb.StorageRef(bucket=bucket, key=target)
+        err = expect_error(
+            grpc.StatusCode.PERMISSION_DENIED, stub.PutAsset, pb.PutAssetRequest(asset_id=new_id(), storage_ref=ref)
+        )
+        assert error_reason(err) == "SOURCE_NOT_ALLOWED"
+        assert "own buckets" in (err.details() or "")
+
+
+def test_storage_ref_keys_are_validated_before_any_storage_call(stub: Stub) -> None:
+    for key, words in (("../../etc/passwd", "segments"), ("k" * 10_000, "at most 1024 bytes"), ("a\nb", "control")):
+        ref = pb.StorageRef(bucket="incoming", key=key)
+        err = expect_error(INVALID, stub.PutAsset, pb.PutAssetRequest(asset_id=new_id(), storage_ref=ref))
+        assert words in field_violations(err)["storage_ref.key"]
+        assert len(err.details() or "") < 300
 
 
 def test_inline_data_of_40_mib_is_accepted(stub: Stub) -> None:
