@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import os
+import re
+import secrets
 import sys
 import threading
 from collections.abc import Iterator
@@ -136,6 +139,29 @@ def get(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+SCOPES = ("read", "write", "admin")
+
+
+def new_token(name: str, scopes: list[str]) -> int:
+    """Print a random token (to give the caller) and the [[token]] table (for DERIVATIVES_TOKENS_FILE).
+
+    Only the token's SHA-256 goes into the file; the token itself is shown once, here.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}", name):
+        print("name: letters, digits, . _ @ - (at most 128)", file=sys.stderr)
+        return 2
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or not scopes:
+        print(f"--scopes: each of {', '.join(SCOPES)}; got {','.join(scopes) or 'nothing'}", file=sys.stderr)
+        return 2
+    token = "dsk_" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    print(f"token (give it to {name}; it is not stored anywhere): {token}", file=sys.stderr)
+    listed = ", ".join(f'"{s}"' for s in dict.fromkeys(scopes))
+    print(f'[[token]]\nname = "{name}"\nscopes = [{listed}]\nsha256 = "{digest}"')
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="derivatives", description=__doc__)
     parser.add_argument(
@@ -143,7 +169,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("DERIVATIVES_ADDRESS", "127.0.0.1:50051"),
         help="server address (env DERIVATIVES_ADDRESS; default %(default)s)",
     )
+    env = os.environ.get
+    parser.add_argument("--token", default=env("DERIVATIVES_TOKEN", ""), help="bearer token (env DERIVATIVES_TOKEN)")
+    parser.add_argument(
+        "--ca",
+        default=env("DERIVATIVES_CA_FILE", ""),
+        help="CA of the server's TLS certificate (env DERIVATIVES_CA_FILE)",
+    )
+    parser.add_argument("--tls", action="store_true", help="TLS with the system's CAs")
+    parser.add_argument(
+        "--cert",
+        default=env("DERIVATIVES_CLIENT_CERT", ""),
+        help="client certificate, mTLS (env DERIVATIVES_CLIENT_CERT)",
+    )
+    parser.add_argument(
+        "--key", default=env("DERIVATIVES_CLIENT_KEY", ""), help="its private key (env DERIVATIVES_CLIENT_KEY)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("token", help="print a new random bearer token and its line for the tokens file")
+    p.add_argument("name", help="the principal's name (shown in the server's logs)")
+    p.add_argument("--scopes", default="read", help="comma-separated: read, write, admin (default %(default)s)")
+    p.set_defaults(func=None)
 
     p = commands.add_parser("create-all", help="create derivatives for all (or some) assets, with a progress bar")
     p.add_argument("--lazy", action="store_true", help="skip keys that already exist for the current original")
@@ -188,8 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "batch", 1) < 1:
         print("--batch must be at least 1", file=sys.stderr)
         return 2
+    if args.command == "token":
+        return new_token(args.name, _split([args.scopes]))
     try:
-        with Client(args.address) as client:
+        with Client(
+            args.address, token=args.token, ca_file=args.ca, cert_file=args.cert, key_file=args.key, tls=args.tls
+        ) as client:
             code: int = args.func(client, args)
             return code
     except ClientError as exc:

@@ -78,6 +78,23 @@ class ClientError(Exception):
         return cls(code, message, violations, reason)
 
 
+def _auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def _channel_credentials(ca_file: str, cert_file: str, key_file: str, tls: bool) -> grpc.ChannelCredentials | None:
+    """TLS credentials when any TLS parameter is given, else None (plaintext)."""
+    if not (ca_file or cert_file or key_file or tls):
+        return None
+    if bool(cert_file) != bool(key_file):
+        raise ValueError("a client certificate needs both cert_file and key_file")
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(ca_file).read_bytes() if ca_file else None,
+        private_key=Path(key_file).read_bytes() if key_file else None,
+        certificate_chain=Path(cert_file).read_bytes() if cert_file else None,
+    )
+
+
 def _upload_header(asset_id: str, path: Path, content_type: str, skip: bool) -> pb.UploadOriginalRequest:
     header = pb.UploadOriginalHeader(
         asset_id=asset_id, content_type=content_type, skip_derivatives=skip, filename=path.name
@@ -122,11 +139,30 @@ def _bundle_kind(kind: str) -> pb.BundleKind:
 
 
 class Client:
-    """Blocking client. Every call raises ClientError on failure."""
+    """Blocking client. Every call raises ClientError on failure.
 
-    def __init__(self, address: str = "127.0.0.1:50051") -> None:
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    `token` is sent as `authorization: Bearer <token>` on every call; `ca_file` (the CA that signed
+    the server's certificate) or `tls=True` (the system's CAs) connects with TLS; `cert_file` and
+    `key_file` add a client certificate (mutual TLS).
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        *,
+        token: str = "",
+        ca_file: str = "",
+        cert_file: str = "",
+        key_file: str = "",
+        tls: bool = False,
+    ) -> None:
+        credentials = _channel_credentials(ca_file, cert_file, key_file, tls)
+        if credentials is None:
+            self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.DerivativeServiceStub(self.channel)
+        self.metadata = _auth_metadata(token)
 
     def close(self) -> None:
         self.channel.close()
@@ -139,7 +175,7 @@ class Client:
 
     def _call(self, method: Any, request: Any) -> Any:
         try:
-            return method(request)
+            return method(request, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise ClientError.from_rpc(exc) from None
 
@@ -210,7 +246,7 @@ class Client:
         last, retries, reconnected = after_seq, 0, False
         while True:
             try:
-                for event in self.stub.WatchProgress(_watch_request(job_id, bundle_id, last)):
+                for event in self.stub.WatchProgress(_watch_request(job_id, bundle_id, last), metadata=self.metadata):
                     if reconnected and _repeated(event, last):
                         continue
                     retries, reconnected = 0, False
@@ -244,7 +280,9 @@ class Client:
                         shutil.copyfileobj(response, out, CHUNK)
                 else:
                     try:
-                        for part in self.stub.ReadBundle(pb.ReadBundleRequest(bundle_id=bundle.bundle_id)):
+                        for part in self.stub.ReadBundle(
+                            pb.ReadBundleRequest(bundle_id=bundle.bundle_id), metadata=self.metadata
+                        ):
                             out.write(part.chunk)
                     except grpc.RpcError as exc:
                         raise ClientError.from_rpc(exc) from None
@@ -254,11 +292,28 @@ class Client:
 
 
 class AsyncClient:
-    """asyncio client: the same operations as Client, awaited. Every call raises ClientError on failure."""
+    """asyncio client: the same operations as Client, awaited. Every call raises ClientError on failure.
 
-    def __init__(self, address: str = "127.0.0.1:50051") -> None:
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    The same connection parameters as Client.
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        *,
+        token: str = "",
+        ca_file: str = "",
+        cert_file: str = "",
+        key_file: str = "",
+        tls: bool = False,
+    ) -> None:
+        credentials = _channel_credentials(ca_file, cert_file, key_file, tls)
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.DerivativeServiceStub(self.channel)
+        self.metadata = _auth_metadata(token)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -271,7 +326,7 @@ class AsyncClient:
 
     async def _call(self, method: Any, request: Any) -> Any:
         try:
-            return await method(request)
+            return await method(request, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise ClientError.from_rpc(exc) from None
 
@@ -351,7 +406,9 @@ class AsyncClient:
         last, retries, reconnected = after_seq, 0, False
         while True:
             try:
-                async for event in self.stub.WatchProgress(_watch_request(job_id, bundle_id, last)):
+                async for event in self.stub.WatchProgress(
+                    _watch_request(job_id, bundle_id, last), metadata=self.metadata
+                ):
                     if reconnected and _repeated(event, last):
                         continue
                     retries, reconnected = 0, False
@@ -388,7 +445,9 @@ class AsyncClient:
                 await asyncio.to_thread(_fetch_url, bundle.url, out)
             else:
                 try:
-                    async for part in self.stub.ReadBundle(pb.ReadBundleRequest(bundle_id=bundle.bundle_id)):
+                    async for part in self.stub.ReadBundle(
+                        pb.ReadBundleRequest(bundle_id=bundle.bundle_id), metadata=self.metadata
+                    ):
                         await asyncio.to_thread(out.write, part.chunk)
                 except grpc.RpcError as exc:
                     raise ClientError.from_rpc(exc) from None

@@ -113,12 +113,14 @@ class Registry:
     def check_keys(self, only: list[str], exclude: list[str]) -> None:
         known = set(self.keys())
         violations = [
-            (f"{name}[{i}]", f"unknown key {quote(key)}; valid keys: {', '.join(sorted(known))}")
+            (f"{name}[{i}]", f"unknown key {quote(key, 60)}")
             for name, keys in (("only", only), ("exclude", exclude))
             for i, key in enumerate(keys)
             if key not in known
         ]
-        if violations:
+        if violations:  # the valid keys once, on the first
+            field, description = violations[0]
+            violations[0] = (field, f"{description}; valid keys: {', '.join(sorted(known))}")
             raise InvalidArgument(violations, Reason.UNKNOWN_DERIVATIVE_KEY)
 
     def buckets(self) -> tuple[str, ...]:

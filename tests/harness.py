@@ -101,6 +101,8 @@ class ServerProcess:
     proc: subprocess.Popen[bytes] | None = None
     # The checkout whose server runs (another one: a benchmark's before/after).
     cwd: Path = ROOT
+    # TLS: how the harness's own channels (health, channel()) reach a server that serves TLS.
+    credentials: grpc.ChannelCredentials | None = None
 
     @property
     def address(self) -> str:
@@ -129,7 +131,7 @@ class ServerProcess:
         return self
 
     def health(self, timeout: float = 2.0) -> str:
-        with grpc.insecure_channel(self.address) as channel:
+        with self._channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
             return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
@@ -169,10 +171,14 @@ class ServerProcess:
         return code
 
     def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(
-            self.address,
-            options=[("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)],
+        return self._channel(
+            [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
         )
+
+    def _channel(self, options: list[tuple[str, int]] | None = None) -> grpc.Channel:
+        if self.credentials is None:
+            return grpc.insecure_channel(self.address, options=options)
+        return grpc.secure_channel(self.address, self.credentials, options=options)
 
     def stub(self, channel: grpc.Channel) -> derivatives_pb2_grpc.DerivativeServiceStub:
         return derivatives_pb2_grpc.DerivativeServiceStub(channel)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +131,11 @@ def read_bundle(stub: Stub, bundle: pb.Bundle, offset: int = 0) -> bytes:
 # --- grpcurl ---------------------------------------------------------------------------------
 
 
-def grpcurl(server: ServerProcess, *args: str, data: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [GRPCURL, "-plaintext", "-max-msg-sz", str(64 << 20)]
+def grpcurl(
+    server: ServerProcess, *args: str, data: dict[str, Any] | None = None, options: Sequence[str] = ("-plaintext",)
+) -> subprocess.CompletedProcess[str]:
+    """The real grpcurl against the server; `options` for TLS (-cacert ...) and headers (-H ...)."""
+    cmd = [GRPCURL, *options, "-max-msg-sz", str(64 << 20)]
     if data is not None:
         cmd += ["-d", "@"]
     cmd += [server.address, *args]
