@@ -27,15 +27,16 @@ from core.database import Conn, Database
 from core.definitions import Registry
 from core.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from core.lru import ExpiringLRU
-from core.plan import makes
+from core.plan import makes, plan
 from core.queue import JobQueue
 from core.records import Bundle, BundleKind, BundlePayload, BundleStatus, JobKind, Location, Member, Work
 from core.storage import ObjectStorage, delete_quietly
 
 log = logging.getLogger("derivatives.bundles")
 
-# Bump when the layout of a bundle changes, so every cached bundle is rebuilt.
-FORMAT_VERSION = 1
+# Bump when the layout of a bundle changes (or which members may be in it), so every cached bundle is rebuilt.
+# 2: a JPEG original goes into a bundle only once a derivative of it was made (the undecodable-member rule).
+FORMAT_VERSION = 2
 # Bump when the rules that compute a checksum change (checksum, member_source, the plan) without
 # changing bundles: stored checksums computed by the old rules are then recomputed.
 INPUTS_VERSION = 1
@@ -49,9 +50,18 @@ class MemberUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Source:
-    """Where a member's JPEG comes from: its original, or a derivative key."""
+    """Where a member's JPEG comes from: its original, or a derivative key.
+
+    The undecodable-member rule, for both kinds: a member goes into a bundle only if a derivative
+    of its current original exists or can be made: the one used (`derivative_key`), or, for an
+    original used as it is, `proof_key`, the smallest the plan makes (normally made already by the
+    asset's own job). An original no derivative can be made from (truncated, corrupt, over a
+    limit: a recorded derivative failure) fails the bundle, naming the member; no member is decoded
+    again for a bundle.
+    """
 
     derivative_key: str | None
+    proof_key: str | None = None
 
     @property
     def label(self) -> str:
@@ -72,10 +82,15 @@ def member_source(member: Member, kind: BundleKind, registry: Registry, settings
     if kind is BundleKind.PDF and makes(registry, member, settings.pdf_derivative_key):
         return Source(settings.pdf_derivative_key)
     if member.content_type == "image/jpeg":
-        return Source(None)  # a JPEG original serves as it is
+        return Source(None, _smallest(registry, member))  # a JPEG original serves as it is
     if makes(registry, member, settings.zip_derivative_key):
         return Source(settings.zip_derivative_key)
     return None
+
+
+def _smallest(registry: Registry, member: Member) -> str | None:
+    made = plan(registry, member).make
+    return min(made, key=lambda d: (d.max_width or 10**9, d.key)).key if made else None
 
 
 def checksum(work: Work, members: tuple[Member, ...], kind: BundleKind, registry: Registry, settings: Settings) -> str:

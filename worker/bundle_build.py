@@ -25,7 +25,7 @@ from core.bundles import Inputs, MemberUnavailable, member_source, title_words
 from core.config import Settings
 from core.definitions import Registry
 from core.derivatives import Derivatives
-from core.records import Bundle, BundleKind, Location, Stage, Work
+from core.records import Bundle, BundleKind, Location, Member, Stage, Work
 from core.storage import ObjectMissing, ObjectStorage, chunk_stream, read_chunks
 from worker.job import Interrupted, JobContext
 from worker.pdf_writer import NotAJpeg, Page, PdfStream
@@ -112,8 +112,13 @@ class BundleBuild:
         if source is None:
             raise MemberUnavailable(f"{label}: no JPEG can be made from {member.content_type}")
         if source.derivative_key is None:
+            if source.proof_key is not None:  # the original as it is, once a derivative shows that it decodes
+                await self._derivative(member, source.proof_key, label)
             return member.original
-        key = source.derivative_key
+        return await self._derivative(member, source.derivative_key, label)
+
+    async def _derivative(self, member: Member, key: str, label: str) -> Location:
+        """The member's derivative `key` of its current original, made now if missing (the failure if it cannot be)."""
         for _ in range(3):  # the original may be replaced meanwhile: then the build is stale anyway
             derivative = await self.derivatives.get(member.asset_id, key)
             if derivative is not None and derivative.original_sha512 == member.sha512:

@@ -12,6 +12,7 @@ import zipfile
 import grpc
 import psycopg
 import pypdf
+import pytest
 
 from derivatives.v1 import derivatives_pb2 as pb
 from tests import images
@@ -26,6 +27,7 @@ from tests.helpers import (
     make_work,
     read_bundle,
     wait_bundle,
+    wait_derivatives_created,
 )
 
 
@@ -151,6 +153,25 @@ def test_unrenderable_member_fails_the_build_naming_it(stub: Stub) -> None:
     expect_error(grpc.StatusCode.FAILED_PRECONDITION, read_bundle, stub, bundle)
     again = stub.FindOrCreateBundle(pb.FindOrCreateBundleRequest(work_id=work_id, kind=PDF))
     assert again.status == pb.BUNDLE_STATUS_ERROR  # not retried before DERIVATIVES_BUNDLE_ERROR_RETRY
+
+
+@pytest.mark.parametrize("skip_derivatives", [False, True], ids=["its job ran", "never processed"])
+def test_a_truncated_jpeg_member_fails_pdf_and_zip_alike(stub: Stub, skip_derivatives: bool) -> None:
+    """One rule for both kinds: a JPEG original goes into a ZIP as it is only once a derivative of it
+    was made; a truncated one cannot be, so the ZIP fails like the PDF, naming the member (whether
+    its own derivatives job ran already, or the build has to try)."""
+    good, broken = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
+    jpeg = images.jpeg(1600, 1200)
+    stub.PutAsset(pb.PutAssetRequest(asset_id=good, data=jpeg, skip_derivatives=skip_derivatives))
+    stub.PutAsset(pb.PutAssetRequest(asset_id=broken, data=jpeg[: len(jpeg) // 2], skip_derivatives=skip_derivatives))
+    if not skip_derivatives:
+        wait_derivatives_created(stub, good)
+    work_id = f"w-{uuid.uuid4().hex[:8]}"
+    stub.PutWork(pb.PutWorkRequest(work_id=work_id, title="Half a page", member_asset_ids=[good, broken]))
+    for kind in (PDF, ZIP):
+        bundle = wait_bundle(stub, work_id, kind)
+        assert bundle.status == pb.BUNDLE_STATUS_ERROR, kind
+        assert f"member 2 (asset {broken})" in bundle.error and "decodable" in bundle.error, bundle.error
 
 
 def test_non_image_member_fails_with_its_name(stub: Stub) -> None:
