@@ -120,16 +120,24 @@ class DerivativeServiceServicer:
     def PutAsset(self, request, context):
         """Registers an asset's original, or replaces it. The bytes arrive inline
         (`data`, up to the server's maximum message size, 64 MiB by default) or are
-        copied from an object already in storage (`storage_ref`). Replacing an
-        original removes every derivative made from the previous one.
+        copied from an object in an import source (`storage_ref`). Replacing an
+        original removes every derivative made from the previous one. An original
+        larger than the server's limit (DERIVATIVES_MAX_ORIGINAL_BYTES, 2 GiB by
+        default) is INVALID_ARGUMENT (ORIGINAL_TOO_LARGE) and nothing is stored.
+        The derivatives job it queues counts against the caller's job limit
+        (RESOURCE_EXHAUSTED, TOO_MANY_JOBS, nothing stored).
+        Scope: `write`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UploadOriginal(self, request_iterator, context):
-        """Registers or replaces an original of any size: the first message is a
-        header, the following messages carry the bytes in order.
+        """Registers or replaces an original too large for one message: the first
+        message is a header, the following messages carry the bytes in order. The
+        call fails (ORIGINAL_TOO_LARGE) as soon as the bytes pass the server's
+        limit; nothing is stored.
+        Scope: `write`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,6 +145,7 @@ class DerivativeServiceServicer:
 
     def GetAsset(self, request, context):
         """Returns an asset with its derivatives.
+        Scope: `read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +153,7 @@ class DerivativeServiceServicer:
 
     def ListAssets(self, request, context):
         """Lists asset ids in id order, a page at a time.
+        Scope: `read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +162,7 @@ class DerivativeServiceServicer:
     def DeleteAsset(self, request, context):
         """Deletes an asset, its original and all its derivatives. An asset that is a
         member of a work cannot be deleted (FAILED_PRECONDITION).
+        Scope: `admin`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,6 +170,7 @@ class DerivativeServiceServicer:
 
     def PutWork(self, request, context):
         """Creates or replaces a work: a title and an ordered list of member assets.
+        Scope: `write`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,6 +178,7 @@ class DerivativeServiceServicer:
 
     def GetWork(self, request, context):
         """Returns a work.
+        Scope: `read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,6 +186,7 @@ class DerivativeServiceServicer:
 
     def ListDerivativeDefinitions(self, request, context):
         """Lists the derivative definitions the server knows.
+        Scope: `read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -181,6 +195,7 @@ class DerivativeServiceServicer:
     def CreateDerivatives(self, request, context):
         """Queues the creation of derivatives for some assets and returns the job at
         once. Follow it with WatchProgress or GetJob.
+        Scope: `write`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,6 +203,7 @@ class DerivativeServiceServicer:
 
     def GetJob(self, request, context):
         """Returns a job's current state.
+        Scope: `read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -196,7 +212,9 @@ class DerivativeServiceServicer:
     def UpdateDerivative(self, request_iterator, context):
         """Attaches a derivative made elsewhere: the first message is a header, the
         following messages carry the bytes. Replaces an existing derivative with
-        the same key.
+        the same key. Bytes past DERIVATIVES_MAX_DERIVATIVE_BYTES (512 MiB by
+        default) fail the call (DERIVATIVE_TOO_LARGE); nothing is stored.
+        Scope: `write`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -204,6 +222,7 @@ class DerivativeServiceServicer:
 
     def RemoveDerivative(self, request, context):
         """Removes one derivative of an asset, bytes included.
+        Scope: `write`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,7 +231,12 @@ class DerivativeServiceServicer:
     def FindOrCreateBundle(self, request, context):
         """Returns the current bundle of a work (a PDF or a ZIP), starting its build
         if there is none. Exactly one build runs per work, kind and inputs, however
-        many callers ask at once.
+        many callers ask at once. A build started here counts against the
+        caller's job limit. A member goes into a bundle only if a derivative of
+        its current original exists or can be made (for a JPEG used as it is, its
+        smallest derivative): an undecodable member fails the build, naming it,
+        for both kinds.
+        Scope: `read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,6 +244,7 @@ class DerivativeServiceServicer:
 
     def ReadBundle(self, request, context):
         """Streams a finished bundle's bytes, for callers that cannot reach storage.
+        Scope: `read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,6 +253,7 @@ class DerivativeServiceServicer:
     def WatchProgress(self, request, context):
         """Streams the progress of a job or a bundle build: a snapshot first, then one
         event per change, heartbeats while nothing changes, and a final event.
+        Scope: `read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

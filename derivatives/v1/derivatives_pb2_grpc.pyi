@@ -12,9 +12,29 @@ Conventions used throughout:
 - Derivative keys match `[a-z0-9][a-z0-9_]{0,63}`.
 - Checksums are lowercase hexadecimal.
 - Errors use the standard gRPC codes. Bad input is INVALID_ARGUMENT and carries
-  a `google.rpc.BadRequest` detail naming each offending field; an unknown
-  resource is NOT_FOUND; a dependency (Postgres, object storage) that cannot be
-  reached is UNAVAILABLE and the call may be retried.
+  a `google.rpc.BadRequest` detail naming each offending field (at most 20,
+  each quoting at most ~100 characters of the input); an unknown resource is
+  NOT_FOUND; a dependency (Postgres, object storage) that cannot be reached is
+  UNAVAILABLE and the call may be retried.
+- Every error also carries exactly one `google.rpc.ErrorInfo` with
+  `domain` "derivatives.v1" and a `reason` to branch on (stable, never
+  reworded): INVALID_FIELD, UNKNOWN_DERIVATIVE_KEY, CONTENT_TYPE_MISMATCH,
+  CHECKSUM_MISMATCH, ORIGINAL_TOO_LARGE, DERIVATIVE_TOO_LARGE
+  (INVALID_ARGUMENT); ASSET_NOT_FOUND, WORK_NOT_FOUND, JOB_NOT_FOUND,
+  BUNDLE_NOT_FOUND, DERIVATIVE_NOT_FOUND, SOURCE_NOT_FOUND (NOT_FOUND);
+  ASSET_IN_WORK, ORIGINAL_CHANGED, WORK_HAS_NO_MEMBERS, BUNDLE_NOT_READY,
+  BUNDLE_NOT_STORED (FAILED_PRECONDITION); SOURCE_NOT_ALLOWED,
+  STORAGE_ACCESS_DENIED, SCOPE_REQUIRED (PERMISSION_DENIED, the latter with
+  metadata `scope`); CREDENTIALS_MISSING, CREDENTIALS_INVALID
+  (UNAUTHENTICATED); TOO_MANY_JOBS (RESOURCE_EXHAUSTED, with a
+  `google.rpc.RetryInfo`); DATABASE_UNAVAILABLE, STORAGE_UNAVAILABLE
+  (UNAVAILABLE); INTERNAL (with metadata `reference`, the server log's).
+- Authentication, when the server requires it: a bearer token in the
+  `authorization` metadata (`Bearer <token>`) or a client certificate (mutual
+  TLS). Each RPC needs one scope, named in its comment; scopes are not
+  hierarchical. Missing or unknown credentials are UNAUTHENTICATED, a missing
+  scope PERMISSION_DENIED (reason SCOPE_REQUIRED). grpc.health.v1 and server
+  reflection need no credentials.
 """
 
 from collections import abc as _abc
@@ -51,50 +71,84 @@ class DerivativeServiceStub:
     PutAsset: _grpc.UnaryUnaryMultiCallable[_derivatives_pb2.PutAssetRequest, _derivatives_pb2.Asset]
     """Registers an asset's original, or replaces it. The bytes arrive inline
     (`data`, up to the server's maximum message size, 64 MiB by default) or are
-    copied from an object already in storage (`storage_ref`). Replacing an
-    original removes every derivative made from the previous one.
+    copied from an object in an import source (`storage_ref`). Replacing an
+    original removes every derivative made from the previous one. An original
+    larger than the server's limit (DERIVATIVES_MAX_ORIGINAL_BYTES, 2 GiB by
+    default) is INVALID_ARGUMENT (ORIGINAL_TOO_LARGE) and nothing is stored.
+    The derivatives job it queues counts against the caller's job limit
+    (RESOURCE_EXHAUSTED, TOO_MANY_JOBS, nothing stored).
+    Scope: `write`.
     """
     UploadOriginal: _grpc.StreamUnaryMultiCallable[_derivatives_pb2.UploadOriginalRequest, _derivatives_pb2.Asset]
-    """Registers or replaces an original of any size: the first message is a
-    header, the following messages carry the bytes in order.
+    """Registers or replaces an original too large for one message: the first
+    message is a header, the following messages carry the bytes in order. The
+    call fails (ORIGINAL_TOO_LARGE) as soon as the bytes pass the server's
+    limit; nothing is stored.
+    Scope: `write`.
     """
     GetAsset: _grpc.UnaryUnaryMultiCallable[_derivatives_pb2.GetAssetRequest, _derivatives_pb2.Asset]
-    """Returns an asset with its derivatives."""
+    """Returns an asset with its derivatives.
+    Scope: `read`.
+    """
     ListAssets: _grpc.UnaryUnaryMultiCallable[_derivatives_pb2.ListAssetsRequest, _derivatives_pb2.ListAssetsResponse]
-    """Lists asset ids in id order, a page at a time."""
+    """Lists asset ids in id order, a page at a time.
+    Scope: `read`.
+    """
     DeleteAsset: _grpc.UnaryUnaryMultiCallable[_derivatives_pb2.DeleteAssetRequest, _empty_pb2.Empty]
     """Deletes an asset, its original and all its derivatives. An asset that is a
     member of a work cannot be deleted (FAILED_PRECONDITION).
+    Scope: `admin`.
     """
     PutWork: _grpc.UnaryUnaryMultiCallable[_derivatives_pb2.PutWorkRequest, _derivatives_pb2.Work]
-    """Creates or replaces a work: a title and an ordered list of member assets."""
+    """Creates or replaces a work: a title and an ordered list of member assets.
+    Scope: `write`.
+    """
     GetWork: _grpc.UnaryUnaryMultiCallable[_derivatives_pb2.GetWorkRequest, _derivatives_pb2.Work]
-    """Returns a work."""
+    """Returns a work.
+    Scope: `read`.
+    """
     ListDerivativeDefinitions: _grpc.UnaryUnaryMultiCallable[_derivatives_pb2.ListDerivativeDefinitionsRequest, _derivatives_pb2.ListDerivativeDefinitionsResponse]
-    """Lists the derivative definitions the server knows."""
+    """Lists the derivative definitions the server knows.
+    Scope: `read`.
+    """
     CreateDerivatives: _grpc.UnaryUnaryMultiCallable[_derivatives_pb2.CreateDerivativesRequest, _derivatives_pb2.Job]
     """Queues the creation of derivatives for some assets and returns the job at
     once. Follow it with WatchProgress or GetJob.
+    Scope: `write`.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_derivatives_pb2.GetJobRequest, _derivatives_pb2.Job]
-    """Returns a job's current state."""
+    """Returns a job's current state.
+    Scope: `read`.
+    """
     UpdateDerivative: _grpc.StreamUnaryMultiCallable[_derivatives_pb2.UpdateDerivativeRequest, _derivatives_pb2.Derivative]
     """Attaches a derivative made elsewhere: the first message is a header, the
     following messages carry the bytes. Replaces an existing derivative with
-    the same key.
+    the same key. Bytes past DERIVATIVES_MAX_DERIVATIVE_BYTES (512 MiB by
+    default) fail the call (DERIVATIVE_TOO_LARGE); nothing is stored.
+    Scope: `write`.
     """
     RemoveDerivative: _grpc.UnaryUnaryMultiCallable[_derivatives_pb2.RemoveDerivativeRequest, _empty_pb2.Empty]
-    """Removes one derivative of an asset, bytes included."""
+    """Removes one derivative of an asset, bytes included.
+    Scope: `write`.
+    """
     FindOrCreateBundle: _grpc.UnaryUnaryMultiCallable[_derivatives_pb2.FindOrCreateBundleRequest, _derivatives_pb2.Bundle]
     """Returns the current bundle of a work (a PDF or a ZIP), starting its build
     if there is none. Exactly one build runs per work, kind and inputs, however
-    many callers ask at once.
+    many callers ask at once. A build started here counts against the
+    caller's job limit. A member goes into a bundle only if a derivative of
+    its current original exists or can be made (for a JPEG used as it is, its
+    smallest derivative): an undecodable member fails the build, naming it,
+    for both kinds.
+    Scope: `read`.
     """
     ReadBundle: _grpc.UnaryStreamMultiCallable[_derivatives_pb2.ReadBundleRequest, _derivatives_pb2.ReadBundleResponse]
-    """Streams a finished bundle's bytes, for callers that cannot reach storage."""
+    """Streams a finished bundle's bytes, for callers that cannot reach storage.
+    Scope: `read`.
+    """
     WatchProgress: _grpc.UnaryStreamMultiCallable[_derivatives_pb2.WatchProgressRequest, _derivatives_pb2.ProgressEvent]
     """Streams the progress of a job or a bundle build: a snapshot first, then one
     event per change, heartbeats while nothing changes, and a final event.
+    Scope: `read`.
     """
 
 @_typing.type_check_only
@@ -105,50 +159,84 @@ class DerivativeServiceAsyncStub(DerivativeServiceStub):
     PutAsset: _aio.UnaryUnaryMultiCallable[_derivatives_pb2.PutAssetRequest, _derivatives_pb2.Asset]  # type: ignore[assignment]
     """Registers an asset's original, or replaces it. The bytes arrive inline
     (`data`, up to the server's maximum message size, 64 MiB by default) or are
-    copied from an object already in storage (`storage_ref`). Replacing an
-    original removes every derivative made from the previous one.
+    copied from an object in an import source (`storage_ref`). Replacing an
+    original removes every derivative made from the previous one. An original
+    larger than the server's limit (DERIVATIVES_MAX_ORIGINAL_BYTES, 2 GiB by
+    default) is INVALID_ARGUMENT (ORIGINAL_TOO_LARGE) and nothing is stored.
+    The derivatives job it queues counts against the caller's job limit
+    (RESOURCE_EXHAUSTED, TOO_MANY_JOBS, nothing stored).
+    Scope: `write`.
     """
     UploadOriginal: _aio.StreamUnaryMultiCallable[_derivatives_pb2.UploadOriginalRequest, _derivatives_pb2.Asset]  # type: ignore[assignment]
-    """Registers or replaces an original of any size: the first message is a
-    header, the following messages carry the bytes in order.
+    """Registers or replaces an original too large for one message: the first
+    message is a header, the following messages carry the bytes in order. The
+    call fails (ORIGINAL_TOO_LARGE) as soon as the bytes pass the server's
+    limit; nothing is stored.
+    Scope: `write`.
     """
     GetAsset: _aio.UnaryUnaryMultiCallable[_derivatives_pb2.GetAssetRequest, _derivatives_pb2.Asset]  # type: ignore[assignment]
-    """Returns an asset with its derivatives."""
+    """Returns an asset with its derivatives.
+    Scope: `read`.
+    """
     ListAssets: _aio.UnaryUnaryMultiCallable[_derivatives_pb2.ListAssetsRequest, _derivatives_pb2.ListAssetsResponse]  # type: ignore[assignment]
-    """Lists asset ids in id order, a page at a time."""
+    """Lists asset ids in id order, a page at a time.
+    Scope: `read`.
+    """
     DeleteAsset: _aio.UnaryUnaryMultiCallable[_derivatives_pb2.DeleteAssetRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes an asset, its original and all its derivatives. An asset that is a
     member of a work cannot be deleted (FAILED_PRECONDITION).
+    Scope: `admin`.
     """
     PutWork: _aio.UnaryUnaryMultiCallable[_derivatives_pb2.PutWorkRequest, _derivatives_pb2.Work]  # type: ignore[assignment]
-    """Creates or replaces a work: a title and an ordered list of member assets."""
+    """Creates or replaces a work: a title and an ordered list of member assets.
+    Scope: `write`.
+    """
     GetWork: _aio.UnaryUnaryMultiCallable[_derivatives_pb2.GetWorkRequest, _derivatives_pb2.Work]  # type: ignore[assignment]
-    """Returns a work."""
+    """Returns a work.
+    Scope: `read`.
+    """
     ListDerivativeDefinitions: _aio.UnaryUnaryMultiCallable[_derivatives_pb2.ListDerivativeDefinitionsRequest, _derivatives_pb2.ListDerivativeDefinitionsResponse]  # type: ignore[assignment]
-    """Lists the derivative definitions the server knows."""
+    """Lists the derivative definitions the server knows.
+    Scope: `read`.
+    """
     CreateDerivatives: _aio.UnaryUnaryMultiCallable[_derivatives_pb2.CreateDerivativesRequest, _derivatives_pb2.Job]  # type: ignore[assignment]
     """Queues the creation of derivatives for some assets and returns the job at
     once. Follow it with WatchProgress or GetJob.
+    Scope: `write`.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_derivatives_pb2.GetJobRequest, _derivatives_pb2.Job]  # type: ignore[assignment]
-    """Returns a job's current state."""
+    """Returns a job's current state.
+    Scope: `read`.
+    """
     UpdateDerivative: _aio.StreamUnaryMultiCallable[_derivatives_pb2.UpdateDerivativeRequest, _derivatives_pb2.Derivative]  # type: ignore[assignment]
     """Attaches a derivative made elsewhere: the first message is a header, the
     following messages carry the bytes. Replaces an existing derivative with
-    the same key.
+    the same key. Bytes past DERIVATIVES_MAX_DERIVATIVE_BYTES (512 MiB by
+    default) fail the call (DERIVATIVE_TOO_LARGE); nothing is stored.
+    Scope: `write`.
     """
     RemoveDerivative: _aio.UnaryUnaryMultiCallable[_derivatives_pb2.RemoveDerivativeRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Removes one derivative of an asset, bytes included."""
+    """Removes one derivative of an asset, bytes included.
+    Scope: `write`.
+    """
     FindOrCreateBundle: _aio.UnaryUnaryMultiCallable[_derivatives_pb2.FindOrCreateBundleRequest, _derivatives_pb2.Bundle]  # type: ignore[assignment]
     """Returns the current bundle of a work (a PDF or a ZIP), starting its build
     if there is none. Exactly one build runs per work, kind and inputs, however
-    many callers ask at once.
+    many callers ask at once. A build started here counts against the
+    caller's job limit. A member goes into a bundle only if a derivative of
+    its current original exists or can be made (for a JPEG used as it is, its
+    smallest derivative): an undecodable member fails the build, naming it,
+    for both kinds.
+    Scope: `read`.
     """
     ReadBundle: _aio.UnaryStreamMultiCallable[_derivatives_pb2.ReadBundleRequest, _derivatives_pb2.ReadBundleResponse]  # type: ignore[assignment]
-    """Streams a finished bundle's bytes, for callers that cannot reach storage."""
+    """Streams a finished bundle's bytes, for callers that cannot reach storage.
+    Scope: `read`.
+    """
     WatchProgress: _aio.UnaryStreamMultiCallable[_derivatives_pb2.WatchProgressRequest, _derivatives_pb2.ProgressEvent]  # type: ignore[assignment]
     """Streams the progress of a job or a bundle build: a snapshot first, then one
     event per change, heartbeats while nothing changes, and a final event.
+    Scope: `read`.
     """
 
 class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -162,8 +250,13 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_derivatives_pb2.Asset, _abc.Awaitable[_derivatives_pb2.Asset]]:
         """Registers an asset's original, or replaces it. The bytes arrive inline
         (`data`, up to the server's maximum message size, 64 MiB by default) or are
-        copied from an object already in storage (`storage_ref`). Replacing an
-        original removes every derivative made from the previous one.
+        copied from an object in an import source (`storage_ref`). Replacing an
+        original removes every derivative made from the previous one. An original
+        larger than the server's limit (DERIVATIVES_MAX_ORIGINAL_BYTES, 2 GiB by
+        default) is INVALID_ARGUMENT (ORIGINAL_TOO_LARGE) and nothing is stored.
+        The derivatives job it queues counts against the caller's job limit
+        (RESOURCE_EXHAUSTED, TOO_MANY_JOBS, nothing stored).
+        Scope: `write`.
         """
 
     @_abc_1.abstractmethod
@@ -172,8 +265,11 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_derivatives_pb2.UploadOriginalRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_derivatives_pb2.Asset, _abc.Awaitable[_derivatives_pb2.Asset]]:
-        """Registers or replaces an original of any size: the first message is a
-        header, the following messages carry the bytes in order.
+        """Registers or replaces an original too large for one message: the first
+        message is a header, the following messages carry the bytes in order. The
+        call fails (ORIGINAL_TOO_LARGE) as soon as the bytes pass the server's
+        limit; nothing is stored.
+        Scope: `write`.
         """
 
     @_abc_1.abstractmethod
@@ -182,7 +278,9 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _derivatives_pb2.GetAssetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_derivatives_pb2.Asset, _abc.Awaitable[_derivatives_pb2.Asset]]:
-        """Returns an asset with its derivatives."""
+        """Returns an asset with its derivatives.
+        Scope: `read`.
+        """
 
     @_abc_1.abstractmethod
     def ListAssets(
@@ -190,7 +288,9 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _derivatives_pb2.ListAssetsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_derivatives_pb2.ListAssetsResponse, _abc.Awaitable[_derivatives_pb2.ListAssetsResponse]]:
-        """Lists asset ids in id order, a page at a time."""
+        """Lists asset ids in id order, a page at a time.
+        Scope: `read`.
+        """
 
     @_abc_1.abstractmethod
     def DeleteAsset(
@@ -200,6 +300,7 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Deletes an asset, its original and all its derivatives. An asset that is a
         member of a work cannot be deleted (FAILED_PRECONDITION).
+        Scope: `admin`.
         """
 
     @_abc_1.abstractmethod
@@ -208,7 +309,9 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _derivatives_pb2.PutWorkRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_derivatives_pb2.Work, _abc.Awaitable[_derivatives_pb2.Work]]:
-        """Creates or replaces a work: a title and an ordered list of member assets."""
+        """Creates or replaces a work: a title and an ordered list of member assets.
+        Scope: `write`.
+        """
 
     @_abc_1.abstractmethod
     def GetWork(
@@ -216,7 +319,9 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _derivatives_pb2.GetWorkRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_derivatives_pb2.Work, _abc.Awaitable[_derivatives_pb2.Work]]:
-        """Returns a work."""
+        """Returns a work.
+        Scope: `read`.
+        """
 
     @_abc_1.abstractmethod
     def ListDerivativeDefinitions(
@@ -224,7 +329,9 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _derivatives_pb2.ListDerivativeDefinitionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_derivatives_pb2.ListDerivativeDefinitionsResponse, _abc.Awaitable[_derivatives_pb2.ListDerivativeDefinitionsResponse]]:
-        """Lists the derivative definitions the server knows."""
+        """Lists the derivative definitions the server knows.
+        Scope: `read`.
+        """
 
     @_abc_1.abstractmethod
     def CreateDerivatives(
@@ -234,6 +341,7 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_derivatives_pb2.Job, _abc.Awaitable[_derivatives_pb2.Job]]:
         """Queues the creation of derivatives for some assets and returns the job at
         once. Follow it with WatchProgress or GetJob.
+        Scope: `write`.
         """
 
     @_abc_1.abstractmethod
@@ -242,7 +350,9 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _derivatives_pb2.GetJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_derivatives_pb2.Job, _abc.Awaitable[_derivatives_pb2.Job]]:
-        """Returns a job's current state."""
+        """Returns a job's current state.
+        Scope: `read`.
+        """
 
     @_abc_1.abstractmethod
     def UpdateDerivative(
@@ -252,7 +362,9 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_derivatives_pb2.Derivative, _abc.Awaitable[_derivatives_pb2.Derivative]]:
         """Attaches a derivative made elsewhere: the first message is a header, the
         following messages carry the bytes. Replaces an existing derivative with
-        the same key.
+        the same key. Bytes past DERIVATIVES_MAX_DERIVATIVE_BYTES (512 MiB by
+        default) fail the call (DERIVATIVE_TOO_LARGE); nothing is stored.
+        Scope: `write`.
         """
 
     @_abc_1.abstractmethod
@@ -261,7 +373,9 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _derivatives_pb2.RemoveDerivativeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Removes one derivative of an asset, bytes included."""
+        """Removes one derivative of an asset, bytes included.
+        Scope: `write`.
+        """
 
     @_abc_1.abstractmethod
     def FindOrCreateBundle(
@@ -271,7 +385,12 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_derivatives_pb2.Bundle, _abc.Awaitable[_derivatives_pb2.Bundle]]:
         """Returns the current bundle of a work (a PDF or a ZIP), starting its build
         if there is none. Exactly one build runs per work, kind and inputs, however
-        many callers ask at once.
+        many callers ask at once. A build started here counts against the
+        caller's job limit. A member goes into a bundle only if a derivative of
+        its current original exists or can be made (for a JPEG used as it is, its
+        smallest derivative): an undecodable member fails the build, naming it,
+        for both kinds.
+        Scope: `read`.
         """
 
     @_abc_1.abstractmethod
@@ -280,7 +399,9 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _derivatives_pb2.ReadBundleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_derivatives_pb2.ReadBundleResponse], _abc.AsyncIterator[_derivatives_pb2.ReadBundleResponse]]:
-        """Streams a finished bundle's bytes, for callers that cannot reach storage."""
+        """Streams a finished bundle's bytes, for callers that cannot reach storage.
+        Scope: `read`.
+        """
 
     @_abc_1.abstractmethod
     def WatchProgress(
@@ -290,6 +411,7 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_derivatives_pb2.ProgressEvent], _abc.AsyncIterator[_derivatives_pb2.ProgressEvent]]:
         """Streams the progress of a job or a bundle build: a snapshot first, then one
         event per change, heartbeats while nothing changes, and a final event.
+        Scope: `read`.
         """
 
 def add_DerivativeServiceServicer_to_server(servicer: DerivativeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
