@@ -48,7 +48,7 @@ class ClientError(Exception):
     message: str
     # (field path, description) per field of the request that was wrong (INVALID_ARGUMENT).
     violations: list[tuple[str, str]] = field(default_factory=list)
-    # google.rpc.ErrorInfo reason when the server sends one (none does yet); else "".
+    # The google.rpc.ErrorInfo reason (every error of the service carries one, e.g. "ASSET_NOT_FOUND"); "" if absent.
     reason: str = ""
 
     def __str__(self) -> str:
