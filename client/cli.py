@@ -59,6 +59,8 @@ def create_all(client: Client, args: argparse.Namespace) -> int:
         def follow(job_id: str) -> None:  # one server-pushed stream per job; the bar sums them
             for event in client.watch(job_id=job_id):
                 with lock:
+                    if event.snapshot and event.attempt > 1 and event.done < jobs[job_id].done:
+                        bar.write(f"job {job_id}: restarted (attempt {event.attempt}) after {jobs[job_id].done} assets")
                     bar.update(event.done - jobs[job_id].done)
                     jobs[job_id].done = event.done
                     if event.WhichOneof("result") == "job":
@@ -87,6 +89,7 @@ def watch(client: Client, args: argparse.Namespace) -> int:
             if event.total and bar.total != event.total:
                 bar.total = event.total
                 bar.refresh()
+            _note_restart(bar, event)
             bar.update(event.done - bar.n)
             stage = pb.Stage.Name(event.stage).removeprefix("STAGE_").lower()
             bar.set_postfix_str("finishing…" if event.stage == pb.STAGE_FINISHING else stage, refresh=False)
@@ -102,6 +105,12 @@ def watch(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _note_restart(bar: tqdm[object], event: pb.ProgressEvent) -> None:
+    """A new attempt (a takeover, a retry) starts over from 0: say so rather than jump back silently."""
+    if event.snapshot and event.attempt > 1 and event.done < bar.n:
+        bar.write(f"restarted (attempt {event.attempt}): the previous run stopped at {bar.n}/{bar.total}")
+
+
 def bundle(client: Client, args: argparse.Namespace) -> int:
     """Find or build a work's PDF or ZIP, with a progress bar while it builds, then download it."""
     found = client.find_or_create_bundle(args.work_id, "pdf" if args.pdf else "zip")
@@ -109,6 +118,7 @@ def bundle(client: Client, args: argparse.Namespace) -> int:
         last = None
         with tqdm(total=found.total or None, unit="page", desc=found.filename, disable=args.quiet) as bar:
             for event in client.watch(bundle_id=found.bundle_id):
+                _note_restart(bar, event)
                 bar.update(event.done - bar.n)
                 if event.stage == pb.STAGE_FINISHING:
                     bar.set_postfix_str("finishing…")

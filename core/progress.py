@@ -181,7 +181,7 @@ class ProgressHub:
                 return
             if missed:
                 for i, event in enumerate(missed):
-                    yield Update(event, snapshot=i == 0)
+                    yield Update(event, snapshot=i == 0 or _restarted(missed[i - 1], event))
             else:
                 yield Update(ProgressEvent.of_job(job), snapshot=True)
             last = ProgressEvent.of_job(job)
@@ -206,10 +206,16 @@ class ProgressHub:
                         job = await self.job(job_id, event.seq)
                         yield Update(ProgressEvent.of_job(job), job=job)
                         return
+                    yield Update(event, snapshot=_restarted(last, event))
                     last = event
-                    yield Update(event)
         finally:
             self._unsubscribe(sub)
+
+
+def _restarted(before: ProgressEvent, event: ProgressEvent) -> bool:
+    """A new attempt after a started one (a takeover, a retry) starts over from done 0: a snapshot,
+    not the next step. The first start (attempt 0 -> 1) is the next step."""
+    return event.attempt != before.attempt and before.attempt > 0
 
 
 @dataclass(frozen=True)

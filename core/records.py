@@ -325,14 +325,17 @@ class ProgressEvent:
     done: int
     total: int
     at: dt.datetime
+    # The job's attempts at this change: a new attempt (a takeover, a retry) starts over from done 0.
+    attempt: int
 
     @classmethod
     def from_row(cls, row: Row) -> ProgressEvent:
-        return cls(row["job_id"], row["seq"], Stage(row["stage"]), row["done"], row["total"], row["at"])
+        stage = Stage(row["stage"])
+        return cls(row["job_id"], row["seq"], stage, row["done"], row["total"], row["at"], row["attempt"])
 
     @classmethod
     def of_job(cls, job: Job) -> ProgressEvent:
-        return cls(job.job_id, job.seq, job.stage, job.done, job.total, job.updated_at)
+        return cls(job.job_id, job.seq, job.stage, job.done, job.total, job.updated_at, job.attempts)
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,7 @@ def progress_event(update: Update) -> pb.ProgressEvent:
         updated_at=ts(e.at),
         snapshot=update.snapshot,
         heartbeat=update.heartbeat,
+        attempt=e.attempt,
     )
     if update.job is not None:
         result = job(update.job)

@@ -448,7 +448,7 @@ class WatchProgressRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class ProgressEvent(_message.Message):
-    __slots__ = ("seq", "stage", "done", "total", "updated_at", "snapshot", "heartbeat", "job", "bundle", "error")
+    __slots__ = ("seq", "stage", "done", "total", "updated_at", "snapshot", "heartbeat", "job", "bundle", "error", "attempt")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
@@ -459,6 +459,7 @@ class ProgressEvent(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     seq: int
     stage: Stage
     done: int
@@ -469,4 +470,5 @@ class ProgressEvent(_message.Message):
     job: Job
     bundle: Bundle
     error: _status_pb2.Status
-    def __init__(self, seq: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot: _Optional[bool] = ..., heartbeat: _Optional[bool] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    attempt: int
+    def __init__(self, seq: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot: _Optional[bool] = ..., heartbeat: _Optional[bool] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., attempt: _Optional[int] = ...) -> None: ...

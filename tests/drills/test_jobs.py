@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -66,16 +67,36 @@ def test_killed_server_job_is_taken_over_after_the_lease(tmp_path: Path, postgre
         DERIVATIVES_JOB_LEASE_SECONDS="2",
     )
     first = ServerProcess(env, tmp_path / "first.log").start()
-    ids, job_id = _setup(first)
-    _wait_started(first, job_id)
-    first.stop(signal.SIGKILL)  # no chance to re-queue: only the lease can bring the job back
-    _assert_unfinished(env, job_id)
-    second = ServerProcess(env, tmp_path / "second.log").start()
+    # A viewer on a server without a pool follows the job across the takeover.
+    viewer = ServerProcess({**env, "DERIVATIVES_WORKERS": "0"}, tmp_path / "viewer.log").start()
+    second: ServerProcess | None = None
     try:
-        job = _check_finished(second, ids, job_id)
-        assert job.attempts >= 2
+        ids, job_id = _setup(first)
+        events: list[pb.ProgressEvent] = []
+        with viewer.channel() as channel:
+            stream = derivatives_pb2_grpc.DerivativeServiceStub(channel).WatchProgress(
+                pb.WatchProgressRequest(job_id=job_id), timeout=240
+            )
+            watching = threading.Thread(target=lambda: events.extend(e for e in stream if not e.heartbeat))
+            watching.start()
+            _wait_started(first, job_id)
+            first.stop(signal.SIGKILL)  # no chance to re-queue: only the lease can bring the job back
+            _assert_unfinished(env, job_id)
+            second = ServerProcess(env, tmp_path / "second.log").start()
+            job = _check_finished(second, ids, job_id)
+            assert job.attempts >= 2
+            watching.join(60)
+        assert events and events[-1].stage == pb.STAGE_SUCCEEDED, events[-3:]
+        # The first event of each new attempt is a snapshot carrying its number, starting over from 0.
+        starts = [e for e in events if e.attempt >= 2 and e.stage == pb.STAGE_RUNNING]
+        assert starts and starts[0].snapshot and starts[0].done == 0, starts[:2]
+        before = [e for e in events if e.seq < starts[0].seq]
+        assert before and all(e.attempt == 1 for e in before if e.stage == pb.STAGE_RUNNING)
+        assert any(e.done > 0 for e in before), "the first attempt made no visible progress: the drill proves nothing"
     finally:
-        assert second.stop() == 0
+        for server in (viewer, second):
+            if server is not None:
+                assert server.stop() == 0
 
 
 def test_sigterm_puts_the_job_back_for_the_next_process(tmp_path: Path, postgres: Postgres) -> None:

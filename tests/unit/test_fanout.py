@@ -133,7 +133,7 @@ T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
 
 def events(*seqs: int) -> list[ProgressEvent]:
-    return [ProgressEvent(JOB, s, Stage.RUNNING, s, 1000, T0) for s in seqs]
+    return [ProgressEvent(JOB, s, Stage.RUNNING, s, 1000, T0, attempt=1) for s in seqs]
 
 
 def seqs(found: list[ProgressEvent]) -> list[int]:
