@@ -133,6 +133,22 @@ def bundle(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def gc(client: Client, args: argparse.Namespace) -> int:
+    """Run a storage sweep on the server and wait for it: a line per bucket, then the total."""
+    verb = "would delete" if args.dry_run else "deleted"
+    for report in client.reclaim_storage(args.dry_run):
+        name = "total" if report.done else report.bucket
+        print(
+            f"{name}: {report.listed} listed, {report.referenced} referenced; {verb} {report.orphans} orphans"
+            f" ({report.orphan_bytes:,} bytes) and {report.partial_uploads} partial uploads;"
+            f" {report.young} too young, {report.foreign} not the service's"
+        )
+        if not report.done:
+            for key in report.sample_keys:
+                print(f"  {key}")
+    return 0
+
+
 def put(client: Client, args: argparse.Namespace) -> int:
     """Upload, then queue its derivatives as a job of its own, so the job id can be printed (and watched)."""
     asset = client.upload(args.asset_id, Path(args.file), args.content_type, skip_derivatives=True)
@@ -233,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--content-type", default="")
     p.add_argument("--skip-derivatives", action="store_true")
     p.set_defaults(func=put)
+
+    p = commands.add_parser("gc", help="delete stored objects no row references (admin scope), and wait")
+    p.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
+    p.set_defaults(func=gc)
 
     p = commands.add_parser("get", help="show an asset and its derivatives as JSON")
     p.add_argument("asset_id")

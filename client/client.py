@@ -267,6 +267,15 @@ class Client:
         bundle: pb.Bundle = self._call(self.stub.FindOrCreateBundle, request)
         return bundle
 
+    # --- operations ---------------------------------------------------------------------------
+
+    def reclaim_storage(self, dry_run: bool = False) -> Iterator[pb.ReclaimStorageResponse]:
+        """Sweep storage for objects no row references (admin scope): one report per bucket, then the total."""
+        try:
+            yield from self.stub.ReclaimStorage(pb.ReclaimStorageRequest(dry_run=dry_run), metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise ClientError.from_rpc(exc) from None
+
     def download_bundle(self, bundle: pb.Bundle, target: Path) -> None:
         """Fetch a built bundle: from its presigned URL when there is one, else through ReadBundle.
 
@@ -428,6 +437,17 @@ class AsyncClient:
         request = pb.FindOrCreateBundleRequest(work_id=work_id, kind=_bundle_kind(kind))
         bundle: pb.Bundle = await self._call(self.stub.FindOrCreateBundle, request)
         return bundle
+
+    # --- operations ---------------------------------------------------------------------------
+
+    async def reclaim_storage(self, dry_run: bool = False) -> AsyncIterator[pb.ReclaimStorageResponse]:
+        """Sweep storage for objects no row references (admin scope): one report per bucket, then the total."""
+        try:
+            request = pb.ReclaimStorageRequest(dry_run=dry_run)
+            async for report in self.stub.ReclaimStorage(request, metadata=self.metadata):
+                yield report
+        except grpc.RpcError as exc:
+            raise ClientError.from_rpc(exc) from None
 
     async def download_bundle(self, bundle: pb.Bundle, target: Path) -> None:
         """Fetch a built bundle: from its presigned URL when there is one, else through ReadBundle.

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core import failpoints
 from core.bundles import StoredInputs
 from core.config import Settings, split_list
 from core.database import Database, Row
@@ -151,6 +152,7 @@ class Assets:
             bucket = self.settings.bucket_originals
             key = f"{asset_id}/{uuid.uuid4().hex}"
             await asyncio.to_thread(self.storage.put_file, bucket, key, spooled.path, content_type=media_type)
+            await failpoints.hold("original_stored")  # uploaded, not committed: the sweeper's case
         finally:
             spooled.path.unlink(missing_ok=True)
         values = dict(

@@ -84,8 +84,12 @@ class Settings:
     # Largest original (width x height) a transformer will decode.
     max_pixels: int = field(default=200_000_000, metadata={"env": "DERIVATIVES_MAX_PIXELS", "ge": 1})
     # Largest decoded original: width x height x bands x bytes per band, from the header, before decoding.
-    max_decoded_bytes: int = field(default=3 * 1024**3, metadata={"env": "DERIVATIVES_MAX_DECODED_BYTES", "ge": 1})
-    # Address-space ceiling (RLIMIT_AS) of each pool process; 0 sets none.
+    # 1 GiB: the largest whole-in-memory decode (interlaced 16-bit RGBA PNG) that still got every default
+    # derivative under the default 2 GiB worker ceiling (docs/limits-measured.md). Raise it with that ceiling.
+    max_decoded_bytes: int = field(default=1024**3, metadata={"env": "DERIVATIVES_MAX_DECODED_BYTES", "ge": 1})
+    # Address-space ceiling (RLIMIT_AS) of each pool process; 0 sets none. An allocation over it fails that
+    # asset ("needs more memory than the worker's limit"), not the process. Above an eighth of it, an original
+    # wanting a full-size derivative is streamed (two decodes) instead of held in memory.
     worker_memory_bytes: int = field(default=2 * 1024**3, metadata={"env": "DERIVATIVES_WORKER_MEMORY", "ge": 0})
     # Largest original (PutAsset, UploadOriginal, a storage_ref copy) and UpdateDerivative body, in bytes.
     max_original_bytes: int = field(default=2 * 1024**3, metadata={"env": "DERIVATIVES_MAX_ORIGINAL_BYTES", "ge": 1})
@@ -158,6 +162,10 @@ class Settings:
     bundle_access_flush_seconds: float = field(
         default=5.0, metadata={"env": "DERIVATIVES_BUNDLE_ACCESS_FLUSH", "ge": 0, "le": 3600}
     )
+    # Storage sweep (core/reclaim.py): objects no row references are deleted once older than the grace
+    # period; the maintenance role sweeps every gc_interval seconds (0: only on demand, ReclaimStorage).
+    gc_grace_seconds: float = field(default=3600.0, metadata={"env": "DERIVATIVES_GC_GRACE_SECONDS", "ge": 0})
+    gc_interval_seconds: float = field(default=6 * 3600.0, metadata={"env": "DERIVATIVES_GC_INTERVAL", "ge": 0})
     # Postgres connection pool size.
     db_pool_size: int = field(default=10, metadata={"env": "DERIVATIVES_DB_POOL_SIZE", "ge": 1})
     log_level: str = field(

@@ -13,6 +13,7 @@ from core.definitions import Registry
 from core.derivatives import Derivatives
 from core.progress import ProgressHub
 from core.queue import PostgresQueue
+from core.reclaim import Reclaimer
 from core.storage import ObjectStorage, UrlSigner, open_storage
 from core.works import Works
 
@@ -30,6 +31,7 @@ class Domain:
     bundles: Bundles
     hub: ProgressHub
     urls: UrlSigner
+    reclaimer: Reclaimer
 
     @property
     def buckets(self) -> tuple[str, ...]:
@@ -68,4 +70,5 @@ async def open_domain(settings: Settings, registry: Registry, database_url: str,
         bundles=Bundles(db, storage, settings, registry, queue, stored_inputs),
         hub=ProgressHub(db, queue, settings.progress_heartbeat_seconds),
         urls=UrlSigner(storage, dt.timedelta(seconds=settings.url_expiry_seconds)),
+        reclaimer=Reclaimer(db, storage, settings, registry.buckets()),
     )

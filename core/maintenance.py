@@ -1,7 +1,8 @@
-"""Periodic maintenance, as a role: the bundle cache reaper and forgetting old jobs.
+"""Periodic maintenance, as a role: the bundle cache reaper, forgetting old jobs, and the storage sweep.
 
-Safe in any number of processes at once (every sweep uses SKIP LOCKED or deletes
-idempotently); `python -m server` and `python -m worker` both run it.
+Safe in any number of processes at once (every round uses SKIP LOCKED or deletes
+idempotently; the storage sweep runs in one process at a time, under an advisory lock);
+`python -m server` and `python -m worker` both run it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import math
 
 from core.domain import Domain
+from core.errors import FailedPrecondition
 from core.host import HostContext
 
 log = logging.getLogger("derivatives.maintenance")
@@ -46,12 +48,14 @@ class MaintenanceRole:
     name = "maintenance"
 
     def __init__(self) -> None:
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, ctx: HostContext) -> None:
         domain = ctx.domain
         await install_bundle_expiry(domain)
-        self._task = asyncio.create_task(self._loop(domain), name="maintenance")
+        self._tasks = [asyncio.create_task(self._loop(domain), name="maintenance")]
+        if domain.settings.gc_interval_seconds > 0:
+            self._tasks.append(asyncio.create_task(self._sweep_loop(domain), name="storage-sweep"))
 
     async def _loop(self, domain: Domain) -> None:
         while True:
@@ -61,11 +65,24 @@ class MaintenanceRole:
                 log.warning("maintenance: %s", exc)
             await asyncio.sleep(domain.settings.bundle_reap_interval_seconds)
 
+    async def _sweep_loop(self, domain: Domain) -> None:
+        """The storage sweep, every interval (the first one interval after start-up)."""
+        while True:
+            await asyncio.sleep(domain.settings.gc_interval_seconds)
+            try:
+                async for _report in domain.reclaimer.sweep():
+                    pass  # each bucket's report is logged by the sweep
+            except FailedPrecondition:
+                log.info("storage sweep: another process is sweeping")
+            except Exception as exc:  # the database or storage is away: next round
+                log.warning("storage sweep: %s", exc)
+
     async def drain(self, grace: float) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
     async def stop(self) -> None:
         pass

@@ -49,6 +49,17 @@ class ObjectInfo:
     bucket: str
     key: str
     size: int
+    modified: float = 0.0  # POSIX time of the last write (0 when not asked for)
+
+
+@dataclass(frozen=True)
+class PartialUpload:
+    """An upload that never completed: an S3 multipart upload, or a filesystem `.tmp-*` file."""
+
+    bucket: str
+    key: str  # the object it was to become (S3), or the temporary file's own key (filesystem)
+    upload_id: str  # S3's id; "" on the filesystem
+    started: float  # POSIX time
 
 
 def check_location(bucket: str, key: str, prefix: str = "location") -> None:
@@ -122,7 +133,12 @@ class ObjectStorage(Protocol):
     def download(self, bucket: str, key: str, path: Path) -> None: ...
     def stat(self, bucket: str, key: str) -> ObjectInfo | None: ...
     def delete(self, bucket: str, key: str) -> None: ...
-    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]: ...
+    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every complete object under `prefix`, in bytewise key order (S3's), without partial uploads."""
+        ...
+
+    def list_partial(self, bucket: str) -> Iterator[PartialUpload]: ...
+    def abort_partial(self, upload: PartialUpload) -> None: ...
     def presign(
         self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "", signed_at: dt.datetime | None = None
     ) -> str: ...
@@ -206,15 +222,33 @@ class FileStorage:
             parent = parent.parent
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
-        base = self.root / bucket
-        for dirpath, _dirs, files in os.walk(base):
-            for name in files:
-                if name.startswith(".tmp-"):
-                    continue
-                full = Path(dirpath) / name
-                key = full.relative_to(base).as_posix()
-                if key.startswith(prefix):
-                    yield ObjectInfo(bucket, key, full.stat().st_size)
+        for key, st in self._walk(self.root / bucket, ""):
+            if key.startswith(prefix) and not key.rpartition("/")[2].startswith(".tmp-"):
+                yield ObjectInfo(bucket, key, st.st_size, st.st_mtime)
+
+    def list_partial(self, bucket: str) -> Iterator[PartialUpload]:
+        for key, st in self._walk(self.root / bucket, ""):
+            if key.rpartition("/")[2].startswith(".tmp-"):
+                yield PartialUpload(bucket, key, "", st.st_mtime)
+
+    def abort_partial(self, upload: PartialUpload) -> None:
+        self.delete(upload.bucket, upload.key)
+
+    def _walk(self, directory: Path, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+        """(key, stat) of every file, in bytewise key order: a directory sorts as its name + "/" (every key
+        under it starts so), which is where S3 would list its keys. Holds one directory's names at a time."""
+        try:
+            entries = [(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in os.scandir(directory)]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for name, entry in sorted(entries, key=lambda pair: pair[0].encode()):
+            if name.endswith("/"):
+                yield from self._walk(Path(entry.path), prefix + name)
+            else:
+                try:
+                    yield prefix + name, entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted meanwhile
 
     def presign(
         self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "", signed_at: dt.datetime | None = None
@@ -360,7 +394,28 @@ class S3Storage:
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
         with self._errors(bucket):
             for obj in self.client.list_objects(bucket, prefix=prefix or None, recursive=True):
-                yield ObjectInfo(bucket, obj.object_name or "", int(obj.size or 0))
+                modified = obj.last_modified.timestamp() if obj.last_modified else 0.0
+                yield ObjectInfo(bucket, obj.object_name or "", int(obj.size or 0), modified)
+
+    def list_partial(self, bucket: str) -> Iterator[PartialUpload]:
+        """Incomplete multipart uploads (the SDK's ListMultipartUploads, a page at a time)."""
+        key_marker: str | None = None
+        upload_marker: str | None = None
+        while True:
+            with self._errors(bucket):
+                page = self.client._list_multipart_uploads(
+                    bucket, key_marker=key_marker, upload_id_marker=upload_marker, max_uploads=1000
+                )
+            for upload in page.uploads:
+                started = upload.initiated_time.timestamp() if upload.initiated_time else 0.0
+                yield PartialUpload(bucket, upload.object_name, upload.upload_id or "", started)
+            if not page.is_truncated or not page.uploads:
+                return
+            key_marker, upload_marker = page.uploads[-1].object_name, page.uploads[-1].upload_id
+
+    def abort_partial(self, upload: PartialUpload) -> None:
+        with self._errors(upload.bucket, upload.key):
+            self.client._abort_multipart_upload(upload.bucket, upload.key, upload.upload_id)
 
     def presign(
         self, bucket: str, key: str, *, expires: dt.timedelta, filename: str = "", signed_at: dt.datetime | None = None

@@ -74,6 +74,7 @@ SCOPES: dict[str, Scope] = {
     "UpdateDerivative": Scope.WRITE,
     "RemoveDerivative": Scope.WRITE,
     "DeleteAsset": Scope.ADMIN,
+    "ReclaimStorage": Scope.ADMIN,
 }
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")

@@ -11,6 +11,7 @@ from core.definitions import Definition
 from core.lru import ExpiringLRU
 from core.media import EXTENSIONS
 from core.progress import Update
+from core.reclaim import BucketReport
 from core.records import AssetView, Bundle, BundleKind, BundleStatus, Derivative, Job, JobKind, Stage, Work
 from core.storage import SignedUrl, UrlSigner
 from derivatives.v1 import derivatives_pb2 as pb
@@ -192,4 +193,20 @@ def definition(d: Definition, default_bucket: str) -> pb.DerivativeDefinition:
         thumbnail_mode=d.thumbnail_mode,
         quality=d.quality,
         options=d.options,
+    )
+
+
+def reclaim_report(report: BucketReport, dry_run: bool, done: bool) -> pb.ReclaimStorageResponse:
+    return pb.ReclaimStorageResponse(
+        bucket=report.bucket,
+        listed=report.listed,
+        referenced=report.referenced,
+        foreign=report.foreign,
+        young=report.young,
+        orphans=report.orphans,
+        orphan_bytes=report.orphan_bytes,
+        partial_uploads=report.partial_uploads,
+        sample_keys=report.sample,
+        done=done,
+        dry_run=dry_run,
     )

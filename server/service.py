@@ -16,6 +16,7 @@ from core.domain import Domain
 from core.errors import InvalidArgument, Reason
 from core.ids import CALLER_ID, SHA512_HEX, check_caller_id, check_caller_ids, check_key, check_text, require_uuid
 from core.media import SizeLimit, Spooled, spool_async, spool_stream
+from core.reclaim import BucketReport
 from core.records import AssetView, Bundle
 from core.singleflight import SingleFlight
 from core.storage import read_object
@@ -282,6 +283,18 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
 
     def _bundle(self, bundle: Bundle) -> pb.Bundle:
         return convert.bundle(bundle, self.d.urls)
+
+    # --- operations ---------------------------------------------------------------------------
+
+    @streaming
+    async def ReclaimStorage(
+        self, request: pb.ReclaimStorageRequest, context: Context
+    ) -> AsyncIterator[pb.ReclaimStorageResponse]:
+        total = BucketReport("")
+        async for report in self.d.reclaimer.sweep(dry_run=request.dry_run):
+            total.add(report)
+            yield convert.reclaim_report(report, request.dry_run, done=False)
+        yield convert.reclaim_report(total, request.dry_run, done=True)
 
 
 async def _header_and_chunks(messages: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[bytes]]:

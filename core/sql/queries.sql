@@ -322,3 +322,18 @@ SELECT 1 AS found FROM assets WHERE bucket = %(bucket)s AND object_key = %(objec
 
 -- name: derivative_keys_referenced
 SELECT object_key FROM derivatives WHERE asset_id = %(asset_id)s AND object_key = ANY(%(object_keys)s::text[]);
+
+-- name: referenced_keys
+-- Every key of a bucket some row points at, in bytewise order (the order S3 lists in), for a cursor.
+SELECT object_key COLLATE "C" AS object_key FROM (
+    SELECT object_key FROM assets WHERE bucket = %(bucket)s
+    UNION ALL SELECT object_key FROM derivatives WHERE bucket = %(bucket)s
+    UNION ALL SELECT object_key FROM bundles WHERE bucket = %(bucket)s
+) AS referenced
+ORDER BY 1;
+
+-- name: object_referenced
+-- Asked again, just before a delete, of each object the sweep found unreferenced.
+SELECT EXISTS (SELECT 1 FROM assets WHERE bucket = %(bucket)s AND object_key = %(object_key)s)
+    OR EXISTS (SELECT 1 FROM derivatives WHERE bucket = %(bucket)s AND object_key = %(object_key)s)
+    OR EXISTS (SELECT 1 FROM bundles WHERE bucket = %(bucket)s AND object_key = %(object_key)s) AS found;

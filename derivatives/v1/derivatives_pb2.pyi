@@ -472,3 +472,35 @@ class ProgressEvent(_message.Message):
     error: _status_pb2.Status
     attempt: int
     def __init__(self, seq: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot: _Optional[bool] = ..., heartbeat: _Optional[bool] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., bundle: _Optional[_Union[Bundle, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class ReclaimStorageRequest(_message.Message):
+    __slots__ = ("dry_run",)
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
+
+class ReclaimStorageResponse(_message.Message):
+    __slots__ = ("bucket", "listed", "referenced", "foreign", "young", "orphans", "orphan_bytes", "partial_uploads", "sample_keys", "done", "dry_run")
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    LISTED_FIELD_NUMBER: _ClassVar[int]
+    REFERENCED_FIELD_NUMBER: _ClassVar[int]
+    FOREIGN_FIELD_NUMBER: _ClassVar[int]
+    YOUNG_FIELD_NUMBER: _ClassVar[int]
+    ORPHANS_FIELD_NUMBER: _ClassVar[int]
+    ORPHAN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_UPLOADS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    bucket: str
+    listed: int
+    referenced: int
+    foreign: int
+    young: int
+    orphans: int
+    orphan_bytes: int
+    partial_uploads: int
+    sample_keys: _containers.RepeatedScalarFieldContainer[str]
+    done: bool
+    dry_run: bool
+    def __init__(self, bucket: _Optional[str] = ..., listed: _Optional[int] = ..., referenced: _Optional[int] = ..., foreign: _Optional[int] = ..., young: _Optional[int] = ..., orphans: _Optional[int] = ..., orphan_bytes: _Optional[int] = ..., partial_uploads: _Optional[int] = ..., sample_keys: _Optional[_Iterable[str]] = ..., done: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...

@@ -111,6 +111,11 @@ class DerivativeServiceStub:
                 request_serializer=derivatives_dot_v1_dot_derivatives__pb2.WatchProgressRequest.SerializeToString,
                 response_deserializer=derivatives_dot_v1_dot_derivatives__pb2.ProgressEvent.FromString,
                 _registered_method=True)
+        self.ReclaimStorage = channel.unary_stream(
+                '/derivatives.v1.DerivativeService/ReclaimStorage',
+                request_serializer=derivatives_dot_v1_dot_derivatives__pb2.ReclaimStorageRequest.SerializeToString,
+                response_deserializer=derivatives_dot_v1_dot_derivatives__pb2.ReclaimStorageResponse.FromString,
+                _registered_method=True)
 
 
 class DerivativeServiceServicer:
@@ -259,6 +264,21 @@ class DerivativeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReclaimStorage(self, request, context):
+        """Sweeps the service's own buckets for objects no row references (what a
+        crash, an outage or a killed build left: originals, derivatives, bundles,
+        partial uploads) and deletes those older than the grace period
+        (DERIVATIVES_GC_GRACE_SECONDS), touching only keys of the shapes the
+        service writes. Streams one report per bucket as it is done, then a total.
+        The maintenance role runs the same sweep every DERIVATIVES_GC_INTERVAL
+        seconds. One sweep runs at a time: FAILED_PRECONDITION (SWEEP_RUNNING)
+        while another process sweeps.
+        Scope: `admin`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DerivativeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -336,6 +356,11 @@ def add_DerivativeServiceServicer_to_server(servicer, server):
                     servicer.WatchProgress,
                     request_deserializer=derivatives_dot_v1_dot_derivatives__pb2.WatchProgressRequest.FromString,
                     response_serializer=derivatives_dot_v1_dot_derivatives__pb2.ProgressEvent.SerializeToString,
+            ),
+            'ReclaimStorage': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReclaimStorage,
+                    request_deserializer=derivatives_dot_v1_dot_derivatives__pb2.ReclaimStorageRequest.FromString,
+                    response_serializer=derivatives_dot_v1_dot_derivatives__pb2.ReclaimStorageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -744,6 +769,33 @@ class DerivativeService:
             '/derivatives.v1.DerivativeService/WatchProgress',
             derivatives_dot_v1_dot_derivatives__pb2.WatchProgressRequest.SerializeToString,
             derivatives_dot_v1_dot_derivatives__pb2.ProgressEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReclaimStorage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/derivatives.v1.DerivativeService/ReclaimStorage',
+            derivatives_dot_v1_dot_derivatives__pb2.ReclaimStorageRequest.SerializeToString,
+            derivatives_dot_v1_dot_derivatives__pb2.ReclaimStorageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,7 +23,7 @@ Conventions used throughout:
   (INVALID_ARGUMENT); ASSET_NOT_FOUND, WORK_NOT_FOUND, JOB_NOT_FOUND,
   BUNDLE_NOT_FOUND, DERIVATIVE_NOT_FOUND, SOURCE_NOT_FOUND (NOT_FOUND);
   ASSET_IN_WORK, ORIGINAL_CHANGED, WORK_HAS_NO_MEMBERS, BUNDLE_NOT_READY,
-  BUNDLE_NOT_STORED (FAILED_PRECONDITION); SOURCE_NOT_ALLOWED,
+  BUNDLE_NOT_STORED, SWEEP_RUNNING (FAILED_PRECONDITION); SOURCE_NOT_ALLOWED,
   STORAGE_ACCESS_DENIED, SCOPE_REQUIRED (PERMISSION_DENIED, the latter with
   metadata `scope`); CREDENTIALS_MISSING, CREDENTIALS_INVALID
   (UNAUTHENTICATED); TOO_MANY_JOBS (RESOURCE_EXHAUSTED, with a
@@ -150,6 +150,17 @@ class DerivativeServiceStub:
     event per change, heartbeats while nothing changes, and a final event.
     Scope: `read`.
     """
+    ReclaimStorage: _grpc.UnaryStreamMultiCallable[_derivatives_pb2.ReclaimStorageRequest, _derivatives_pb2.ReclaimStorageResponse]
+    """Sweeps the service's own buckets for objects no row references (what a
+    crash, an outage or a killed build left: originals, derivatives, bundles,
+    partial uploads) and deletes those older than the grace period
+    (DERIVATIVES_GC_GRACE_SECONDS), touching only keys of the shapes the
+    service writes. Streams one report per bucket as it is done, then a total.
+    The maintenance role runs the same sweep every DERIVATIVES_GC_INTERVAL
+    seconds. One sweep runs at a time: FAILED_PRECONDITION (SWEEP_RUNNING)
+    while another process sweeps.
+    Scope: `admin`.
+    """
 
 @_typing.type_check_only
 class DerivativeServiceAsyncStub(DerivativeServiceStub):
@@ -237,6 +248,17 @@ class DerivativeServiceAsyncStub(DerivativeServiceStub):
     """Streams the progress of a job or a bundle build: a snapshot first, then one
     event per change, heartbeats while nothing changes, and a final event.
     Scope: `read`.
+    """
+    ReclaimStorage: _aio.UnaryStreamMultiCallable[_derivatives_pb2.ReclaimStorageRequest, _derivatives_pb2.ReclaimStorageResponse]  # type: ignore[assignment]
+    """Sweeps the service's own buckets for objects no row references (what a
+    crash, an outage or a killed build left: originals, derivatives, bundles,
+    partial uploads) and deletes those older than the grace period
+    (DERIVATIVES_GC_GRACE_SECONDS), touching only keys of the shapes the
+    service writes. Streams one report per bucket as it is done, then a total.
+    The maintenance role runs the same sweep every DERIVATIVES_GC_INTERVAL
+    seconds. One sweep runs at a time: FAILED_PRECONDITION (SWEEP_RUNNING)
+    while another process sweeps.
+    Scope: `admin`.
     """
 
 class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -412,6 +434,23 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the progress of a job or a bundle build: a snapshot first, then one
         event per change, heartbeats while nothing changes, and a final event.
         Scope: `read`.
+        """
+
+    @_abc_1.abstractmethod
+    def ReclaimStorage(
+        self,
+        request: _derivatives_pb2.ReclaimStorageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_derivatives_pb2.ReclaimStorageResponse], _abc.AsyncIterator[_derivatives_pb2.ReclaimStorageResponse]]:
+        """Sweeps the service's own buckets for objects no row references (what a
+        crash, an outage or a killed build left: originals, derivatives, bundles,
+        partial uploads) and deletes those older than the grace period
+        (DERIVATIVES_GC_GRACE_SECONDS), touching only keys of the shapes the
+        service writes. Streams one report per bucket as it is done, then a total.
+        The maintenance role runs the same sweep every DERIVATIVES_GC_INTERVAL
+        seconds. One sweep runs at a time: FAILED_PRECONDITION (SWEEP_RUNNING)
+        while another process sweeps.
+        Scope: `admin`.
         """
 
 def add_DerivativeServiceServicer_to_server(servicer: DerivativeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,55 @@
+"""Test-only failpoints: stop a process dead at an exact step, or hold it there, so a drill can show
+what a crash leaves behind and what a race does.
+
+Tests set DERIVATIVES_TEST_FAILPOINTS to a comma-separated list of `name` or `name@n` (SIGKILL the
+n-th time that step is reached) and `name~seconds` (wait that long there, the event loop free);
+nothing else sets it, and without it a failpoint costs one environment lookup. A kill sends
+SIGKILL: no cleanup, no `finally`, as when the power goes out. From a pool process,
+`whole_server=True` kills the server that spawned it first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+ENV = "DERIVATIVES_TEST_FAILPOINTS"
+_counts: dict[str, int] = {}
+
+
+def _armed(name: str) -> tuple[str, str] | None:
+    for entry in os.environ.get(ENV, "").split(","):
+        entry = entry.strip()
+        for sep in ("@", "~"):
+            if entry.partition(sep)[0] == name and sep in entry:
+                return sep, entry.partition(sep)[2]
+        if entry == name:
+            return "@", "1"
+    return None
+
+
+def hit(name: str, whole_server: bool = False) -> None:
+    """SIGKILL here, if armed (`name` or `name@n`)."""
+    if ENV not in os.environ:
+        return
+    armed = _armed(name)
+    if armed is None or armed[0] != "@":
+        return
+    _counts[name] = _counts.get(name, 0) + 1
+    if _counts[name] < int(armed[1]):
+        return
+    if whole_server:
+        os.kill(os.getppid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def hold(name: str) -> None:
+    """Wait here, if armed (`name~seconds`); a kill failpoint of the same name fires too."""
+    if ENV not in os.environ:
+        return
+    armed = _armed(name)
+    if armed is not None and armed[0] == "~":
+        await asyncio.sleep(float(armed[1]))
+    else:
+        hit(name)
