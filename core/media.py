@@ -169,8 +169,19 @@ async def spool_async(chunks: AsyncIterable[bytes], path: Path, limit: SizeLimit
     return spooler.finish()
 
 
+# Types whose header this process reads with libvips: recognized from the bytes (so the bytes are of that type and
+# libvips picks that loader), and among the loaders the pool allows (worker/imaging.py). Anything else (an SVG, a
+# type declared but not recognized) is never handed to libvips here: its XML and includes are not parsed in the
+# server, and its derivatives fail in the pool with a reason.
+HEADER_TYPES = frozenset(
+    {"image/jpeg", "image/png", "image/tiff", "image/webp", "image/gif", "image/heic", "image/avif"}
+)
+
+
 def pixel_size(path: Path, media_type: str) -> tuple[int, int]:
-    """(width, height) from the header only, or (0, 0) when it cannot be read."""
+    """(width, height) from the header only, or (0, 0) when it cannot be read (or is not read: HEADER_TYPES)."""
+    if media_type != "application/pdf" and media_type not in HEADER_TYPES:
+        return (0, 0)
     try:
         if media_type == "application/pdf":
             import pypdfium2

@@ -21,6 +21,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from core import failpoints
 from core.bundles import Inputs, MemberUnavailable, member_source, title_words
 from core.config import Settings
 from core.definitions import Registry
@@ -163,6 +164,7 @@ class BundleBuild:
                 data = fh.read()  # one page in memory at a time
             if i:
                 self._member_done(i)
+                failpoints.hit("bundle_member_written")
             yield Page(data, f"Page {i + 1} ({member.asset_id})")
         self._member_done(len(self.members), Stage.FINISHING)
 
@@ -184,6 +186,7 @@ class BundleBuild:
         with self._open_member(i) as fh:
             yield from read_chunks(fh)
         self._member_done(i + 1)
+        failpoints.hit("bundle_member_written")  # mid-stream: a partial upload, never completed
 
     def _entries(self) -> Iterator[tuple[str, Iterator[bytes]]]:
         work = self.work

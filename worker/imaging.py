@@ -4,13 +4,21 @@ libvips does the image work; pypdfium2 renders a PDF's first page (the PyPI libv
 has no PDF loader). pyvips is imported inside the functions so that a worker can set
 VIPS_CONCURRENCY before libvips starts.
 
+Before any pixel is decoded, the header is checked against `Limits`: pixels, and the
+bytes the decoded image takes (width x height x bands x bytes per band). An original
+that decodes to more than `Limits.stream_above_bytes` and wants a full-size output is
+not held in memory: each full-size output streams from its own sequential decode, and
+the smaller sizes come from a second, shrink-on-load decode (docs/limits-measured.md).
+
 Every failure becomes a `Failed` per definition with a one-line reason: `render_all`
-never raises.
+never raises. An allocation refused under the pool process's memory ceiling (RLIMIT_AS)
+fails that original with `OUT_OF_MEMORY`, and the process goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -20,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.config import Settings
 from core.definitions import Definition
 from core.derivatives import Failed
 from core.plan import would_upscale
@@ -33,6 +42,61 @@ log = logging.getLogger("derivatives.imaging")
 _ANY_HEIGHT = 10_000_000
 _POINTS_PER_INCH = 72
 _MAX_REASON = 200
+# Bytes a sample of each libvips band format takes once decoded.
+_BYTES_PER_BAND = {
+    "uchar": 1,
+    "char": 1,
+    "ushort": 2,
+    "short": 2,
+    "uint": 4,
+    "int": 4,
+    "float": 4,
+    "complex": 8,
+    "double": 8,
+    "dpcomplex": 16,
+}
+# pdfium renders an opaque page as 8-bit RGB.
+_PDF_BYTES_PER_PIXEL = 3
+# The only libvips loaders a worker uses (configure_vips blocks the others): the documented image
+# types. Blocked, for instance: SVG (librsvg resolves xi:include and <image href> against the file's
+# own directory), the vips format (an mmapped raw header), CSV and matrix text, raw.
+_LOADERS = (
+    "VipsForeignLoadJpeg",
+    "VipsForeignLoadPng",
+    "VipsForeignLoadTiff",
+    "VipsForeignLoadWebp",
+    "VipsForeignLoadHeif",
+    "VipsForeignLoadNsgif",
+)
+# An original whose decoded size is over this fraction of the process's memory ceiling (256 MiB of the
+# default 2 GiB), and that wants a full-size output, is streamed instead of held in memory. Measured
+# (docs/limits-measured.md): from there up streaming took less time and 26-59% less peak memory (a
+# turned original aside); below, the two are alike, and one decode is kept.
+_STREAM_FRACTION = 8
+OUT_OF_MEMORY = "needs more memory than the worker's limit"
+# How libvips, libjpeg, libspng, libtiff, glib and pdfium say an allocation failed.
+_ALLOCATION_FAILED = re.compile(
+    r"out of memory|insufficient memory|cannot allocate|unable to allocate|failed to allocate|"
+    r"memory allocation|not enough memory|unable to create thread|bad_alloc",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an original may cost, checked from its header before any pixel is decoded."""
+
+    max_pixels: int
+    # width x height x bands x bytes per band of the decoded original (or of a PDF page's bitmap).
+    max_decoded_bytes: int
+    # Decoded size above which full-size outputs stream and smaller sizes come from a second decode.
+    stream_above_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """DERIVATIVES_MAX_PIXELS and _MAX_DECODED_BYTES; streaming above an eighth of DERIVATIVES_WORKER_MEMORY."""
+        ceiling = settings.worker_memory_bytes or Settings.worker_memory_bytes  # no ceiling: as under the default
+        return cls(settings.max_pixels, settings.max_decoded_bytes, ceiling // _STREAM_FRACTION)
 
 
 @dataclass(frozen=True)
@@ -57,6 +121,11 @@ def configure_vips() -> None:
     pyvips.cache_set_max(0)
     pyvips.cache_set_max_mem(0)
     pyvips.cache_set_max_files(0)
+    # Loaders are picked by sniffing the bytes, not by the declared type: allow only the image types
+    # the service documents (an SVG declared as image/svg+xml would otherwise render, includes and all).
+    pyvips.operation_block_set("VipsForeignLoad", True)
+    for loader in _LOADERS:
+        pyvips.operation_block_set(loader, False)
 
 
 def render_all(
@@ -64,14 +133,18 @@ def render_all(
     content_type: str,
     definitions: list[Definition],
     out_dir: Path,
-    max_pixels: int,
+    limits: Limits | int,
     render_dpi: float = 150.0,
 ) -> list[Rendered | Failed]:
-    """Make every definition's derivative from ONE decode of the original.
+    """Make every definition's derivative from ONE decode of the original (two for a streamed one).
 
-    `render_dpi` is the resolution a PDF original's page is rasterized at for a full-size
-    derivative (DERIVATIVES_PDF_RENDER_DPI). Returns one entry per definition, in order.
+    `limits` is checked against the header first; a bare int is max_pixels, the other limits
+    at their defaults (bench/thumbnails.py passes one). `render_dpi` is the resolution a PDF
+    original's page is rasterized at for a full-size derivative (DERIVATIVES_PDF_RENDER_DPI).
+    Returns one entry per definition, in order.
     """
+    if isinstance(limits, int):
+        limits = dataclasses.replace(Limits.from_settings(Settings()), max_pixels=limits)
     results: dict[int, Rendered | Failed] = {}
     groups: dict[str, list[tuple[int, Definition]]] = {"jpeg": [], "pdf_page_jpeg": []}
     for i, definition in enumerate(definitions):
@@ -82,7 +155,7 @@ def render_all(
         else:
             results[i] = Failed(definition.key, _short(f"unknown transformer {definition.transformer!r}"))
 
-    makers: dict[str, Callable[[Path, list[Definition], Path, int, float], list[Rendered | Failed]]] = {
+    makers: dict[str, Callable[[Path, list[Definition], Path, Limits, float], list[Rendered | Failed]]] = {
         "jpeg": _render_image,
         "pdf_page_jpeg": _render_pdf,
     }
@@ -91,7 +164,9 @@ def render_all(
             continue
         defs = [d for _, d in group]
         try:
-            made = makers[transformer](original, defs, out_dir, max_pixels, render_dpi)
+            made = makers[transformer](original, defs, out_dir, limits, render_dpi)
+        except MemoryError:  # Python's own allocation, under the process's ceiling
+            made = _all_failed(defs, OUT_OF_MEMORY)
         except Exception as exc:  # a bug or an unexpected library error: still no raise
             log.exception("%s of %s (%s) failed", transformer, original, content_type)
             reason = f"internal error: {type(exc).__name__}: {exc}".replace(str(original), "original")
@@ -102,7 +177,7 @@ def render_all(
 
 
 def _render_image(
-    original: Path, defs: list[Definition], out_dir: Path, max_pixels: int, render_dpi: float
+    original: Path, defs: list[Definition], out_dir: Path, limits: Limits, render_dpi: float
 ) -> list[Rendered | Failed]:
     import pyvips
 
@@ -113,16 +188,25 @@ def _render_image(
     # of JPEG image", "tiff2vips: Read error at scanline N"). A TIFF cut before its IFD
     # (libvips writes it at the end) is "not a known file format" at the header read.
     try:
-        # Header only, no pixels. autorot is lazy too: it gives the displayed size,
-        # the one thumbnail() below produces.
-        header = pyvips.Image.new_from_file(path, fail_on="error").autorot()
-        width, height = header.width, header.height
+        # Header only, no pixels (of page 0: a multi-page original gives page 0's derivatives).
+        # autorot is lazy too: it gives the displayed size, the one thumbnail() below produces.
+        header = pyvips.Image.new_from_file(path, fail_on="error")
+        shown = header.autorot()
+        width, height, bands, band_format = shown.width, shown.height, header.bands, header.format
+        orientation = header.get("orientation") if header.get_typeof("orientation") else 1
     except pyvips.Error as exc:
-        return _all_failed(defs, "not a decodable image: " + _vips_reason(exc, path))
-    if width * height > max_pixels:
+        return _all_failed(defs, _decode_failure(exc, path))
+    del header, shown  # no pixels, but open files
+    if width * height > limits.max_pixels:
         return _all_failed(
-            defs, f"original is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+            defs, f"original is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}"
         )
+    sample = _BYTES_PER_BAND.get(band_format, 8)
+    decoded = width * height * bands * sample
+    if decoded > limits.max_decoded_bytes:
+        size, limit = _sizes(decoded, limits.max_decoded_bytes)
+        shape = f"{width}x{height}, {bands} bands of {8 * sample} bits"
+        return _all_failed(defs, f"original decodes to {size} ({shape}), over the limit of {limit}")
 
     # Never upscale (the rule is core.plan's; the plan asked with the stored width, this asks with
     # the decoded one): such a size fails, the others go on.
@@ -135,23 +219,72 @@ def _render_image(
     widths = [w for w in plan if isinstance(w, int)]
     if not widths:
         return [f for f in plan if isinstance(f, Failed)]
+    if max(widths) >= width and decoded > limits.stream_above_bytes:
+        return _render_streamed(path, defs, plan, width, orientation, out_dir)
 
     # The one decode. Below full size thumbnail() shrinks on load (JPEG DCT scaling,
     # pyramid levels), far cheaper than a full decode. copy_memory() runs the decode
-    # once, here, instead of once per size through libvips' lazy pipeline.
+    # once, here, instead of once per size through libvips' lazy pipeline. It reads top
+    # to bottom: with access="random" libvips would first decode a PNG, a JPEG or a strip
+    # TIFF to a buffer of its own (a temporary file above 100 MB), then copy it: twice the
+    # memory. A turned original is turned once, from that copy into another.
     try:
         if max(widths) >= width:
-            base = pyvips.Image.new_from_file(path, access="random", fail_on="error").autorot().copy_memory()
+            base = pyvips.Image.new_from_file(path, access="sequential", fail_on="error").copy_memory()
+            if orientation not in (1, 2):
+                base = base.autorot().copy_memory()
+            base = base.autorot()  # a mirror (2) is read in place; otherwise a no-op
         else:
-            base = pyvips.Image.thumbnail(path, max(widths), height=_ANY_HEIGHT, size="down", fail_on="error")
-            base = base.copy_memory()
+            base = _shrunk(path, max(widths))
     except pyvips.Error as exc:
-        return _all_failed(defs, "not a decodable image: " + _vips_reason(exc, path))
+        return _all_failed(defs, _decode_failure(exc, path))
     return _derive(base, defs, plan, out_dir)
 
 
+def _render_streamed(
+    path: str, defs: list[Definition], plan: list[int | Failed], width: int, orientation: int, out_dir: Path
+) -> list[Rendered | Failed]:
+    """A large original, never held decoded: smaller sizes from a shrink-on-load decode, then each
+    full-size output from a sequential decode of its own, streamed through the JPEG encoder."""
+    import pyvips
+
+    results: list[Rendered | Failed | None] = [step if isinstance(step, Failed) else None for step in plan]
+    small = {i: step for i, step in enumerate(plan) if isinstance(step, int) and step < width}
+    full = {i: step for i, step in enumerate(plan) if isinstance(step, int) and step >= width}
+    if small:
+        # First, so that a corrupt original fails every key alike, before the long full-size encodes.
+        try:
+            base = _shrunk(path, max(small.values()))
+        except pyvips.Error as exc:
+            return _all_failed(defs, _decode_failure(exc, path))
+        for i, step in small.items():
+            results[i] = _derive_one(base, defs[i], step, out_dir)
+        del base  # freed before the full-size decode
+    # Rows arrive top to bottom: fine for orientation 1 and a mirror (2); turning or flipping the
+    # image upside down needs random access (libvips then decodes to a temporary file, not to memory).
+    access = "sequential" if orientation in (1, 2) else "random"
+    for i, step in full.items():
+        try:
+            image = pyvips.Image.new_from_file(path, access=access, fail_on="error").autorot()
+        except pyvips.Error as exc:
+            results[i] = Failed(defs[i].key, _short(_decode_failure(exc, path)))
+            continue
+        results[i] = _derive_one(image, defs[i], step, out_dir)
+        del image
+    done = [r for r in results if r is not None]
+    assert len(done) == len(defs), "every definition is failed, small or full size"
+    return done
+
+
+def _shrunk(path: str, width: int) -> pyvips.Image:
+    """The original decoded at `width`, shrinking on load where the format allows, in memory."""
+    import pyvips
+
+    return pyvips.Image.thumbnail(path, width, height=_ANY_HEIGHT, size="down", fail_on="error").copy_memory()
+
+
 def _render_pdf(
-    original: Path, defs: list[Definition], out_dir: Path, max_pixels: int, render_dpi: float
+    original: Path, defs: list[Definition], out_dir: Path, limits: Limits, render_dpi: float
 ) -> list[Rendered | Failed]:
     import pypdfium2 as pdfium
 
@@ -177,11 +310,16 @@ def _render_pdf(
             # error adds a row or column (612 pt at 150 dpi would be 1275x1651, not 1650).
             scale = (max(w for w in plan if isinstance(w, int)) - 0.01) / page_width
             width, height = math.ceil(page_width * scale), math.ceil(page_height * scale)
-            if width * height > max_pixels:
+            if width * height > limits.max_pixels:
                 reason = (
-                    f"PDF page renders at {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+                    f"PDF page renders at {width}x{height} = {width * height} pixels,"
+                    f" over the limit of {limits.max_pixels}"
                 )
                 return _all_failed(defs, reason)
+            decoded = width * height * _PDF_BYTES_PER_PIXEL
+            if decoded > limits.max_decoded_bytes:
+                size, limit = _sizes(decoded, limits.max_decoded_bytes)
+                return _all_failed(defs, f"PDF page renders to {size} ({width}x{height}), over the limit of {limit}")
             # Opaque white background by default, so no alpha; rev_byteorder gives RGB
             # rather than pdfium's native BGR (checked: a blue corner reads 00 00 fe).
             bitmap = page.render(scale=scale, rev_byteorder=True)
@@ -192,7 +330,10 @@ def _render_pdf(
         finally:
             page.close()
     except pdfium.PdfiumError as exc:
-        return _all_failed(defs, "PDF page did not render: " + _pdfium_reason(exc))
+        reason = _pdfium_reason(exc)
+        return _all_failed(
+            defs, OUT_OF_MEMORY if _ALLOCATION_FAILED.search(reason) else "PDF page did not render: " + reason
+        )
     finally:
         doc.close()
     return _derive(base, defs, plan, out_dir)
@@ -236,20 +377,25 @@ def _derive(
     base: pyvips.Image, defs: list[Definition], plan: list[int | Failed], out_dir: Path
 ) -> list[Rendered | Failed]:
     """Each planned width from the in-memory base; a size that fails does not take the others with it."""
+    return [
+        step if isinstance(step, Failed) else _derive_one(base, d, step, out_dir)
+        for d, step in zip(defs, plan, strict=True)
+    ]
+
+
+def _derive_one(base: pyvips.Image, d: Definition, width: int, out_dir: Path) -> Rendered | Failed:
     import pyvips
 
-    out: list[Rendered | Failed] = []
-    for d, step in zip(defs, plan, strict=True):
-        if isinstance(step, Failed):
-            out.append(step)
-            continue
-        try:
-            out.append(_save(base, d, step, out_dir))
-        except (pyvips.Error, OSError) as exc:
-            name = f"{d.key}.jpg"
-            detail = _vips_reason(exc, str(out_dir / name), name) if isinstance(exc, pyvips.Error) else str(exc)
-            out.append(Failed(d.key, _short(f"could not make {d.key}: {detail}")))
-    return out
+    try:
+        return _save(base, d, width, out_dir)
+    except MemoryError:
+        return Failed(d.key, OUT_OF_MEMORY)
+    except (pyvips.Error, OSError) as exc:
+        if isinstance(exc, pyvips.Error) and _out_of_memory(exc):
+            return Failed(d.key, OUT_OF_MEMORY)
+        name = f"{d.key}.jpg"
+        detail = _vips_reason(exc, str(out_dir / name), name) if isinstance(exc, pyvips.Error) else str(exc)
+        return Failed(d.key, _short(f"could not make {d.key}: {detail}"))
 
 
 def _save(base: pyvips.Image, d: Definition, width: int, out_dir: Path) -> Rendered:
@@ -306,6 +452,23 @@ def _sha512(path: Path) -> tuple[str, int]:
 
 def _all_failed(defs: list[Definition], reason: str) -> list[Rendered | Failed]:
     return [Failed(d.key, _short(reason)) for d in defs]
+
+
+def _decode_failure(exc: pyvips.Error, path: str) -> str:
+    return OUT_OF_MEMORY if _out_of_memory(exc) else "not a decodable image: " + _vips_reason(exc, path)
+
+
+def _out_of_memory(exc: pyvips.Error) -> bool:
+    """An allocation refused (the process's RLIMIT_AS): "vips_tracked: out of memory -- size == 1495MB",
+    libjpeg's "Insufficient memory (case 4)", a thread that could not get its stack."""
+    return bool(_ALLOCATION_FAILED.search(f"{exc.message}\n{exc.detail}"))
+
+
+def _sizes(size: int, limit: int) -> tuple[str, str]:
+    """Both in GiB or MiB ("1.46 GiB", "1.00 GiB"), or in bytes when rounding would show them equal."""
+    unit, name, digits = (2**30, "GiB", 2) if limit >= 2**30 else (2**20, "MiB", 0)
+    shown = f"{size / unit:.{digits}f} {name}", f"{limit / unit:.{digits}f} {name}"
+    return shown if shown[0] != shown[1] else (f"{size} bytes", f"{limit} bytes")
 
 
 def _vips_reason(exc: pyvips.Error, path: str, name: str = "original") -> str:

@@ -1,20 +1,24 @@
 """The process pool for CPU work.
 
 Spawned (never forked: gRPC and libvips threads do not survive fork) and warmed
-before the gRPC server starts. processes x VIPS_CONCURRENCY ~= cores. A crashed
-process (out of memory, a codec segfault) breaks the executor: it is replaced, and
-the tasks it was running fail with WorkerCrashed.
+before the gRPC server starts. processes x VIPS_CONCURRENCY ~= cores. Each process
+caps its own address space (DERIVATIVES_WORKER_MEMORY, worker/tasks.py), so an
+original that needs more fails with a reason and the process goes on. A process that
+does crash (killed, a codec segfault) breaks the executor: it is replaced, and the
+tasks it was running fail with WorkerCrashed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any, TypeVar
 
 from core.config import Settings
@@ -22,6 +26,38 @@ from worker import tasks
 
 log = logging.getLogger("derivatives.pool")
 T = TypeVar("T")
+
+# The environment pool processes start with, on top of ours (unless ours sets the name).
+# glibc gives each thread that allocates its own malloc arena, up to 8 per core, each reserving
+# 64 MiB of address space: under RLIMIT_AS that is room a decode cannot use (docs/limits-measured.md).
+# glibc reads it once, at start-up: it must be in the environment the process is started with.
+CHILD_ENV = {"MALLOC_ARENA_MAX": "2"}
+_environ_lock = threading.Lock()
+
+
+@contextmanager
+def _environment(extra: dict[str, str]) -> Iterator[None]:
+    """os.environ plus `extra` while a child is spawned (it inherits the C environment), then as it was."""
+    with _environ_lock:
+        added = {name: value for name, value in extra.items() if name not in os.environ}
+        os.environ.update(added)
+        try:
+            yield
+        finally:
+            for name in added:
+                os.environ.pop(name, None)
+
+
+class _PoolProcess(SpawnProcess):
+    def start(self) -> None:
+        with _environment(CHILD_ENV):
+            super().start()
+
+
+class _PoolContext(SpawnContext):
+    """The spawn context, its processes started with CHILD_ENV; this process's environment is left alone."""
+
+    Process = _PoolProcess
 
 
 class WorkerCrashed(Exception):
@@ -34,21 +70,21 @@ class WorkerPool:
         self.vips_threads = max(1, (os.cpu_count() or 1) // self.size)
         self._env = settings.as_env()
         self._executor = self._new_executor()
+        self.replaced = 0  # times a crashed process broke the executor and it was replaced
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=self.size,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=_PoolContext(),
             initializer=tasks.init_process,
             initargs=(self._env, self.vips_threads),
         )
 
-    def warm(self) -> None:
-        """Start every process now (synchronously, before any server threads exist)."""
-        pids = {f.result() for f in [self._executor.submit(tasks.warmup) for _ in range(self.size)]}
-        log.info(
-            "worker pool: %d processes x VIPS_CONCURRENCY=%d (pids %s)", self.size, self.vips_threads, sorted(pids)
-        )
+    def warm(self) -> list[int]:
+        """Start every process now (synchronously, before any server threads exist); their pids."""
+        pids = sorted({f.result() for f in [self._executor.submit(tasks.warmup) for _ in range(self.size)]})
+        log.info("worker pool: %d processes x VIPS_CONCURRENCY=%d (pids %s)", self.size, self.vips_threads, pids)
+        return pids
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         executor = self._executor
@@ -58,6 +94,7 @@ class WorkerPool:
             if self._executor is executor:
                 log.error("a worker process died; replacing the pool")
                 self._executor = self._new_executor()
+                self.replaced += 1
             raise WorkerCrashed("the worker process died (out of memory or a decoder crash)") from None
 
     def shutdown(self) -> None:

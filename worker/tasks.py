@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core import failpoints
 from core.config import Settings, load_settings
 from core.definitions import Definition
 from core.derivatives import Failed, Made, object_key
@@ -33,17 +35,36 @@ _storage: ObjectStorage | None = None
 
 
 def init_process(env: dict[str, str], vips_concurrency: int) -> None:
-    """Pool initializer: VIPS_CONCURRENCY must be set before pyvips is first imported."""
+    """Pool initializer: VIPS_CONCURRENCY must be set before pyvips is first imported.
+
+    The process's address space is capped first (DERIVATIVES_WORKER_MEMORY), then the imaging
+    libraries are loaded, so their fixed cost is paid now and counted under the cap.
+    """
     global _settings, _storage
     os.environ.update(env)
     os.environ["VIPS_CONCURRENCY"] = str(vips_concurrency)
     _settings = load_settings(env)
+    limit_memory(_settings.worker_memory_bytes)
     _storage = open_storage(_settings)
+    import pypdfium2  # noqa: F401  (loaded now: part of every process's fixed cost, not of its first PDF)
+
     from worker.imaging import configure_vips
 
     configure_vips()
     configure_logging(_settings.log_level)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
+
+
+def limit_memory(ceiling: int) -> None:
+    """RLIMIT_AS, not RLIMIT_DATA: libvips maps files (and its temporary decodes) that RLIMIT_DATA does not count.
+
+    An allocation over the ceiling then fails (libvips "out of memory", MemoryError) and fails that
+    original; the process lives on. 0 sets none; a lower hard limit wins.
+    """
+    if ceiling <= 0:
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (ceiling if hard == resource.RLIM_INFINITY else min(ceiling, hard), hard))
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -72,7 +93,7 @@ def make_derivatives(asset: Asset, definitions: tuple[Definition, ...]) -> list[
 
     Returns one entry per definition, in order: the uploaded object, or why it failed.
     """
-    from worker.imaging import render_all
+    from worker.imaging import Limits, render_all
 
     settings, storage = _context()
     source = asset.original
@@ -86,15 +107,15 @@ def make_derivatives(asset: Asset, definitions: tuple[Definition, ...]) -> list[
             return [Failed(d.key, "the original is missing from storage") for d in definitions]
         out_dir = Path(tmp) / "out"
         out_dir.mkdir()
-        results = render_all(
-            original, asset.content_type, list(definitions), out_dir, settings.max_pixels, settings.pdf_render_dpi
-        )
+        limits = Limits.from_settings(settings)
+        results = render_all(original, asset.content_type, list(definitions), out_dir, limits, settings.pdf_render_dpi)
         out: list[Made | Failed] = []
         try:
             for definition, result in zip(definitions, results, strict=True):
                 out.append(
                     result if isinstance(result, Failed) else _upload(storage, settings, asset, definition, result)
                 )
+                failpoints.hit("derivative_stored", whole_server=True)  # uploaded, not attached
         except BaseException:  # e.g. storage away on the 3rd of 9: the first 2 must not stay orphaned
             for made in out:
                 if isinstance(made, Made):

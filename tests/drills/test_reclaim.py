@@ -120,6 +120,35 @@ def test_killed_after_an_original_is_stored_before_its_commit(
         assert second.stop() == 0, second.tail()
 
 
+def test_killed_after_a_derivative_is_stored_before_it_is_attached(
+    request: pytest.FixtureRequest, postgres: Postgres, tmp_path: Path, backend: str
+) -> None:
+    """The pool process kills its server after uploading the 3rd derivative of an asset: 3 uploads no row
+    references; the job is taken over after the lease and makes them again under new keys."""
+    env = _env(request, postgres, tmp_path, backend, DERIVATIVES_GC_GRACE_SECONDS="0")
+    first = _start({**env, FAILPOINTS: "derivative_stored@3"}, tmp_path / "first.log")
+    with first.channel() as channel:
+        derivatives_pb2_grpc.DerivativeServiceStub(channel).PutAsset(
+            pb.PutAssetRequest(asset_id="d1", data=images.jpeg(3000, 2000))
+        )
+    _killed(first)
+    second = _start(env, tmp_path / "second.log")
+    try:
+        objects, _ = _stored(second)
+        assert objects - _rows(env), "the kill left nothing: the drill proves nothing"
+        with second.channel() as channel:
+            stub = derivatives_pb2_grpc.DerivativeServiceStub(channel)
+            deadline = time.monotonic() + 180
+            while not stub.GetAsset(pb.GetAssetRequest(asset_id="d1")).derivatives_created:
+                assert time.monotonic() < deadline, "the job was never taken over"
+                time.sleep(0.2)
+        total = _sweep(second)
+        assert total.orphans >= 3
+        assert _stored(second) == (_rows(env), set())
+    finally:
+        assert second.stop() == 0, second.tail()
+
+
 def test_killed_mid_stream_of_a_bundle(
     request: pytest.FixtureRequest, postgres: Postgres, tmp_path: Path, backend: str
 ) -> None:

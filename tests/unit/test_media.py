@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.errors import InvalidArgument
@@ -40,3 +42,20 @@ def test_contradictions_are_invalid(declared: str, head: bytes) -> None:
     with pytest.raises(InvalidArgument) as info:
         resolve_media_type(declared, head)
     assert info.value.violations[0][0] == "content_type"
+
+
+def test_the_server_reads_headers_only_of_types_it_recognized(tmp_path: Path) -> None:
+    """An SVG (declared: its bytes are not sniffed) is never handed to libvips in the server process."""
+    from core.media import pixel_size
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read me")
+    svg = tmp_path / "page.svg"
+    svg.write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xi="http://www.w3.org/2001/XInclude" width="640" height="480">'
+        '<text><xi:include href="secret.txt" parse="text"/></text></svg>'
+    )
+    assert pixel_size(svg, "image/svg+xml") == (0, 0)
+    png = tmp_path / "page.png"
+    png.write_bytes(images.png(64, 32))
+    assert pixel_size(png, "image/png") == (64, 32)
