@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import select
 import time
@@ -48,30 +50,74 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 class EmbeddedPostgres:
-    """A private Postgres (the pgserver wheel) under `data_dir/pg`, stopped by `stop()`."""
+    """A private Postgres (the pgserver wheel) under `data_dir/pg`, stopped by `stop()`.
+
+    pgserver keeps a list of the processes holding a handle (`.handle_pids.json`) and stops the
+    server only when the last one lets go; a process killed with SIGKILL never lets go, so every
+    later clean stop would leave the postmaster running. `start` drops the entries of dead
+    processes first. `restart_if_dead` starts it again after it died (the owner's supervisor).
+    """
 
     def __init__(self, data_dir: Path) -> None:
         self.pgdata = data_dir / "pg"
         self._server: Any = None
 
     def start(self) -> str:
-        with warnings.catch_warnings():
-            # pgserver asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR it falls back
-            # to /tmp/runtime-<uid> (fine) and warns on every start.
-            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-            import pgserver  # imported here: production with DATABASE_URL never needs it
-
+        pgserver = _pgserver()
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._forget_dead_handles(pgserver)
         self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
         uri: str = self._server.get_uri()
         log.info("embedded postgres running in %s", self.pgdata)
         return uri
+
+    def _forget_dead_handles(self, pgserver: Any) -> None:
+        handles = self.pgdata / ".handle_pids.json"
+        with pgserver.postgres_server.PostgresServer._lock:
+            if not handles.exists():
+                return
+            pids = json.loads(handles.read_text())
+            alive = [pid for pid in pids if _alive(pid) and pid != os.getpid()]
+            if alive != pids:
+                handles.write_text(json.dumps(alive))
+                log.info("embedded postgres: forgot handles of dead processes %s", sorted(set(pids) - set(alive)))
+
+    def running(self) -> bool:
+        return self._server is not None and bool(self._server.get_postmaster_info().process.is_running())
+
+    def restart_if_dead(self) -> bool:
+        """Start the postmaster again if it died (True when it did); pgserver clears a stale postmaster.pid."""
+        if self._server is None or self.running():
+            return False
+        with _pgserver().postgres_server.PostgresServer._lock:
+            self._server.ensure_postgres_running()
+        log.warning("embedded postgres had stopped; started it again (pid %s)", self._server.get_pid())
+        return True
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
             log.info("embedded postgres stopped")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _pgserver() -> Any:
+    with warnings.catch_warnings():
+        # pgserver asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR it falls back
+        # to /tmp/runtime-<uid> (fine) and warns on every start.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        import pgserver  # imported here: production with DATABASE_URL never needs it
+    return pgserver
 
 
 def _readable(conn: Conn) -> bool:

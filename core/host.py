@@ -19,6 +19,7 @@ Shutdown (SIGTERM/SIGINT, or `Host.stop`) runs in two steps:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -74,20 +75,36 @@ class Role(Protocol):
 
 
 class EmbeddedPostgresRole:
-    """Owns the private Postgres (the pgserver wheel) when no DATABASE_URL is set."""
+    """Owns the private Postgres (the pgserver wheel) when no DATABASE_URL is set, and supervises it:
+    if the postmaster dies, it is started again (the pool reconnects, health goes back to SERVING)."""
 
     name = "embedded-postgres"
+    CHECK_SECONDS = 1.0
 
     def __init__(self, data_dir: Path) -> None:
         self.postgres = EmbeddedPostgres(data_dir)
+        self._supervisor: asyncio.Task[None] | None = None
 
     async def start(self, ctx: HostContext) -> None:
         ctx.database_url = await asyncio.to_thread(self.postgres.start)
+        self._supervisor = asyncio.create_task(self._supervise(), name="postgres-supervisor")
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(self.CHECK_SECONDS)
+            try:
+                await asyncio.to_thread(self.postgres.restart_if_dead)
+            except Exception as exc:  # e.g. its port or files still held: try again next time
+                log.error("embedded postgres could not be restarted: %s", exc)
 
     async def drain(self, grace: float) -> None:
         pass
 
     async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
         await asyncio.to_thread(self.postgres.stop)
 
 
