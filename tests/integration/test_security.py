@@ -25,7 +25,7 @@ from derivatives.v1 import derivatives_pb2 as pb
 from derivatives.v1 import derivatives_pb2_grpc as pb_grpc
 from tests import images
 from tests.certs import Authority
-from tests.harness import Postgres, ServerProcess, free_port, server_env
+from tests.harness import ROOT, Postgres, ServerProcess, free_port, server_env
 from tests.helpers import Stub, error_reason, expect_error, field_violations, grpcurl
 
 UNAUTHENTICATED, DENIED = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
@@ -348,7 +348,9 @@ def _tls_server(postgres: Postgres, work_dir: Path, name: str, authority: Author
 def test_tls_with_bearer_tokens(postgres: Postgres, work_dir: Path, authority: Authority) -> None:
     tokens_file = work_dir / "tokens-tls.toml"
     tokens_file.write_text(tokens_toml({"reader": TOKENS["reader"]}))
-    server = _tls_server(postgres, work_dir, "tls", authority, DERIVATIVES_TOKENS_FILE=str(tokens_file))
+    server = _tls_server(
+        postgres, work_dir, "tls", authority, DERIVATIVES_TOKENS_FILE=str(tokens_file), DERIVATIVES_REFLECTION="false"
+    )
     try:
         from client.client import Client, ClientError
 
@@ -368,9 +370,17 @@ def test_tls_with_bearer_tokens(postgres: Postgres, work_dir: Path, authority: A
             server,
             "derivatives.v1.DerivativeService/ListAssets",
             data={},
-            options=("-cacert", str(authority.pem), "-servername", "server.test", "-H", header),
+            options=(
+                *("-cacert", str(authority.pem), "-servername", "server.test", "-H", header),
+                # No reflection on this server: grpcurl reads the proto files.
+                *("-import-path", str(ROOT / "protos"), "-import-path", str(ROOT / "third_party" / "protos")),
+                *("-proto", "derivatives/v1/derivatives.proto"),
+            ),
         )
         assert out.returncode == 0, out.stderr
+        # Reflection turned off: grpcurl needs the proto files then.
+        listed = grpcurl(server, "list", options=("-cacert", str(authority.pem), "-servername", "server.test"))
+        assert listed.returncode != 0 and "reflection" in listed.stderr.lower(), listed.stderr
     finally:
         assert server.stop() == 0, server.tail()
 
