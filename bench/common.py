@@ -1,9 +1,9 @@
 """Helpers shared by the benchmark scripts in bench/ (not a benchmark itself).
 
-Paths, machine information, text and markdown tables, rewriting one `## ` section of
-docs/benchmarks.md, peak RSS of a process tree, spawn pools, and the real server
-(embedded Postgres + `python -m server` on filesystem storage) started and stopped
-around a measurement. The scripts run as modules from the repository root
+Paths, the header every result file starts with (machine, when, revision), writing a result
+file, generated page images, interleaved repetitions, process RSS and CPU, spawn pools, and the
+real server (embedded Postgres + `python -m server` on filesystem storage, 127.0.0.1 only)
+started and stopped around a measurement. The scripts run as modules from the repository root
 (`.venv/bin/python -m bench.<name>`), so `bench.common` and `tests.harness` import as packages.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import multiprocessing
 import os
 import platform
@@ -20,14 +21,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-ROOT = Path(__file__).resolve().parent.parent
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import pyvips
@@ -35,18 +34,14 @@ if TYPE_CHECKING:
     from client.client import Client
     from tests.harness import ServerProcess
 
+ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"  # gitignored: generated inputs, outputs, servers' data
-DOCS = ROOT / "docs" / "benchmarks.md"
-DOCS_HEADER = """# Benchmarks
-
-Numbers here are ratios from one run on a shared 2-core machine: compare the rows of
-one section with each other, not absolute numbers across runs or machines.
-Reproduce with `make bench` (or `.venv/bin/python -m bench.thumbnails`).
-"""
+RESULTS = ROOT / "bench" / "results"
 SAMPLE_SECONDS = 0.05
+T = TypeVar("T")
 
 
-# --- machine --------------------------------------------------------------------------------
+# --- the run: header, arguments, result file ------------------------------------------------
 
 
 def machine_info() -> dict[str, str]:
@@ -80,11 +75,74 @@ def now_text() -> str:
     return dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
 
+def revision() -> str:
+    """The checkout's commit, with "+changes" when the tree differs from it."""
+    git = ["git", "-C", str(ROOT)]
+    rev = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return (rev or "unknown") + ("+changes" if dirty.stdout.strip() else "")
+
+
 def load_average() -> float:
     return os.getloadavg()[0]
 
 
-# --- generated pages ------------------------------------------------------------------------
+def header(benchmark: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """What every result file starts with; the measured numbers are added after it."""
+    return {
+        "benchmark": benchmark,
+        "when": now_text(),
+        "revision": revision(),
+        "machine": machine_info(),
+        "parameters": parameters,
+    }
+
+
+def arguments(doc: str | None, quick: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"smoke run ({quick}); writes bench/.work/, not results/")
+    parser.add_argument("--out", type=Path, default=None, help="result file (default bench/results/<name>.json)")
+    return parser
+
+
+def write_results(name: str, out: Path | None, quick: bool, results: dict[str, Any], problems: list[str]) -> int:
+    """Write the results as JSON, unless some output was wrong: then nothing is written and the exit status is 1.
+
+    A slow number never fails a run.
+    """
+    if problems:
+        print(f"\nWRONG OUTPUT ({len(problems)}):", *problems[:50], sep="\n  ", file=sys.stderr)
+        print("results not written: the numbers are not trustworthy", file=sys.stderr)
+        return 1
+    path = out or (WORK / f"{name}-quick.json" if quick else RESULTS / f"{name}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {path}; render with .venv/bin/python -m bench.render")
+    return 0
+
+
+def interleaved(reps: int, contenders: Sequence[T]) -> Iterator[tuple[int, T]]:
+    """(repetition, contender): every contender once per repetition, A B C, A B C, ..., so they share the noise."""
+    for rep in range(1, reps + 1):
+        for contender in contenders:
+            yield rep, contender
+
+
+# --- generated images -----------------------------------------------------------------------
+
+
+def make_missing(paths: list[Path], make: Callable[[Path], None], what: str) -> list[Path]:
+    """Make each path that does not exist yet (into a temporary name first: never a half-written file)."""
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        print(f"generating {len(missing)} {what} into {missing[0].parent} ...", flush=True)
+    for path in missing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{path.name}")
+        make(tmp)
+        tmp.replace(path)
+    return paths
+
 
 WORDS = (
     "the of and to in a is that for it as was with be by on not he this are or his from at which but have an they "
@@ -134,126 +192,74 @@ class PageSet:
     quality: int
     count: int
 
-    @property
-    def directory(self) -> Path:
-        return WORK / self.name
-
     def ensure(self) -> list[Path]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        pages = [self.directory / f"page-{i:03d}.jpg" for i in range(self.count)]
-        missing = [p for p in pages if not p.exists()]
-        if missing:
-            print(
-                f"generating {len(missing)} pages of {self.width}x{self.height} into {self.directory} ...", flush=True
-            )
-        for path in missing:
-            tmp = path.with_name(f".tmp-{path.name}")
-            image = text_page(1000 + int(path.stem.split("-")[1]), self.width, self.height)
-            image.jpegsave(str(tmp), Q=self.quality, keep="none")
-            tmp.replace(path)  # never leave a half-written page behind
-        return pages
+        def make(path: Path) -> None:
+            seed = 1000 + int(path.stem.split("-")[-1])
+            text_page(seed, self.width, self.height).jpegsave(str(path), Q=self.quality, keep="none")
+
+        paths = [WORK / self.name / f"page-{i:03d}.jpg" for i in range(self.count)]
+        return make_missing(paths, make, f"pages of {self.width}x{self.height}")
+
+    def describe(self, paths: list[Path]) -> dict[str, Any]:
+        sizes = [p.stat().st_size for p in paths]
+        return {
+            "distinct": min(len(paths), self.count),
+            "width": self.width,
+            "height": self.height,
+            "quality": self.quality,
+            "min_bytes": min(sizes),
+            "max_bytes": max(sizes),
+            "mean_bytes": sum(sizes) / len(sizes),
+        }
 
 
 # Book pages at 150 dpi, not wider than download_medium: bundles embed them as they are.
 BOOK_PAGES = PageSet("pages-1200-v1", 1200, 1600, 88, 50)
 
 
-# --- tables and the docs file ---------------------------------------------------------------
-
-
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def verdict(met: bool) -> str:
-    return "MET" if met else "NOT MET"
-
-
-def mib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**20:.0f} MiB"
-
-
-def replace_section(text: str, title: str, section: str) -> str:
-    """`text` with the section titled `title` replaced by `section` (appended if absent); others kept."""
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == title), None)
-    if start is None:
-        return text.rstrip("\n") + "\n\n" + section
-    end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-    rest = "".join(lines[end:])
-    return "".join(lines[:start]) + section + ("\n" + rest if rest else "")
-
-
-def write_docs(path: Path, title: str, section: str) -> None:
-    text = path.read_text() if path.exists() else DOCS_HEADER
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(replace_section(text, title, section))
-
-
-def add_docs_args(parser: argparse.ArgumentParser, quick_help: str) -> None:
-    parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--docs", type=Path, default=None, help=f"markdown file to update (default {DOCS})")
-
-
-def default_docs(args: argparse.Namespace) -> None:
-    """A full run updates docs/benchmarks.md unless told otherwise; a --quick run leaves it alone."""
-    if args.docs is None and not args.quick:
-        args.docs = DOCS
-
-
-def conclude(problems: list[str], docs: Path | None, title: str, section: Callable[[], str], started: float) -> int:
-    """The end of every benchmark: wrong output fails the run and leaves the docs alone; else update them.
-
-    Exit status 1 only for wrong output, never for a slow number.
-    """
-    if problems:
-        print(f"\nWRONG OUTPUT ({len(problems)}):", *problems[:50], sep="\n  ", file=sys.stderr)
-        print("docs not updated: the numbers above are not trustworthy", file=sys.stderr)
-        return 1
-    if docs is not None:
-        write_docs(docs, title, section())
-        print(f"\nupdated {docs} ({title!r})")
-    print(f"total {time.monotonic() - started:.0f} s")
-    return 0
-
-
 # --- processes ------------------------------------------------------------------------------
+
+
+def psutil() -> Any:
+    """The psutil module (it has no type information installed)."""
+    import psutil as module  # type: ignore[import-untyped,unused-ignore]
+
+    return module
 
 
 def process_tree(pid: int) -> list[int]:
     """`pid` and all its descendants (the server and its pool processes)."""
-    import psutil
-
     try:
-        root = psutil.Process(pid)
+        root = psutil().Process(pid)
         return [root.pid, *(child.pid for child in root.children(recursive=True))]
-    except psutil.Error:
+    except psutil().Error:
         return []
 
 
 def rss_of(pids: list[int]) -> tuple[int, int]:
     """(summed RSS of `pids`, RSS of the first one); processes that are gone count 0."""
-    import psutil
-
     total = first = 0
     for i, pid in enumerate(pids):
         try:
-            rss = psutil.Process(pid).memory_info().rss
-        except psutil.Error:
+            rss = int(psutil().Process(pid).memory_info().rss)
+        except psutil().Error:
             continue
         total += rss
         if i == 0:
             first = rss
     return total, first
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each of `pids` still alive."""
+    out = {}
+    for pid in pids:
+        try:
+            times = psutil().Process(pid).cpu_times()
+        except psutil().Error:
+            continue
+        out[pid] = float(times.user + times.system)
+    return out
 
 
 class RssSampler:
@@ -306,13 +312,15 @@ def running_server(
     """Embedded Postgres + `python -m server` on filesystem storage under `service_dir` (wiped first).
 
     `definitions_toml`, when given, is written to `service_dir`/definitions.toml and used as the
-    server's DERIVATIVES_DEFINITIONS. Both processes are stopped on the way out, `service_dir` is
-    removed, and the server log is copied to bench/.work/`log_copy`.
+    server's DERIVATIVES_DEFINITIONS. Health is checked every 2 s (the production default, not the
+    tests' 0.5 s) unless `extra_env` says otherwise. Both processes are stopped on the way out,
+    `service_dir` is removed, and the server log is copied to bench/.work/`log_copy`.
     """
     from tests.harness import Postgres, ServerProcess, server_env
 
     shutil.rmtree(service_dir, ignore_errors=True)
     service_dir.mkdir(parents=True)
+    extra_env.setdefault("DERIVATIVES_HEALTH_INTERVAL", "2.0")
     if definitions_toml:
         definitions = service_dir / "definitions.toml"
         definitions.write_text(definitions_toml)
@@ -349,7 +357,7 @@ def put_work(client: Client, work_id: str, title: str, members: list[str]) -> No
 
 
 def upload_files(client: Client, files: list[tuple[str, Path, str]], what: str) -> list[str]:
-    """UploadOriginal (streamed, `skip_derivatives`) each (asset_id, path, content_type); untimed."""
+    """UploadOriginal (the bytes, streamed; `skip_derivatives`) each (asset_id, path, content_type); untimed."""
     print(f"uploading {len(files)} {what} to the service (untimed) ...", flush=True)
     for asset_id, path, content_type in files:
         client.upload(asset_id, path, content_type, skip_derivatives=True)

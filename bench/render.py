@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.render
 
 Only the generated blocks change: each sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->`
-markers; the analysis around them is written by people. Benchmarks that still write their
-section themselves (thumbnails, bundles, progress) are left as they are.
+markers; the analysis around them is written by people. One function per result file makes its
+block: tables of the numbers, and a met / NOT MET cell where a row has a target. No prose.
 """
 
 from __future__ import annotations
@@ -32,6 +32,53 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def columns(text: str) -> list[str]:
+    return text.split(" | ")
+
+
+# Table headers (the columns that depend on the data are added where the tables are made).
+THUMBNAILS = columns(
+    "contender | img/s best | img/s median | ms/JPEG | ms/TIFF | core ms/image | peak RSS | vs fastest"
+)
+DECODE = columns("vs one size alone | set (s) | alone (s) | ratio")
+BUNDLE_TIMES = columns(
+    "bundle | members | contender | best (s) | median (s) | MB/s (best) | peak RSS | CPU user + sys (s) | vs baseline"
+)
+BUNDLE_MEMORY = columns(
+    "bundle | members | server tree before | server tree peak | server process peak"
+    " | until RUNNING seen (s) | members written (s) | FINISHING → final (s)"
+)
+PROGRESS_LATENCY = columns(
+    "case | watchers | live events | p50 (ms) | p99 (ms) | max (ms) | final: first / last after completion (ms)"
+    " | final SUCCEEDED"
+)
+PROGRESS_LOAD = columns(
+    "case | wall (s) | build (s) | server RSS before → peak: process / tree | new conns"
+    " | server CPU beyond (a0)'s, per message sent (µs)"
+)
+PROGRESS_TIMELINE = columns(
+    "(a) rep. 1, written at (s after request) | watchers subscribed | events | p50 (ms) | p99 (ms) | max (ms)"
+)
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "**NOT MET**"
+
+
+def mib(n_bytes: float | None) -> str:
+    return "—" if not n_bytes else f"{n_bytes / 2**20:.0f} MiB"
+
+
+def run_line(data: dict[str, Any], what: str) -> str:
+    """The first line of a block: when, which commit, what ran, on which machine, how loaded it was."""
+    m, load = data["machine"], data["load_average"]
+    return (
+        f"Run {data['when']} at {data['revision']}, {data['seconds']:.0f} s: {what}; {m['nproc']} cores "
+        f"({m['cpu']}), Linux {m['kernel']}, Python {m['python']}; 1-minute load average {load['before']:.2f} "
+        f"before, {load['after']:.2f} after."
+    )
 
 
 def hot_paths(data: dict[str, Any]) -> str:
@@ -136,7 +183,209 @@ def hot_paths(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {"hot_paths": hot_paths}
+def thumbnails(data: dict[str, Any]) -> str:
+    p, t, o = data["parameters"], data["targets"], data["originals"]
+    default = (p["default_images"], p["default_reps"])
+    size = "" if (p["images"], p["reps"]) == default else " (default {} x {})".format(*default)
+    what = (
+        f"{p['images']} originals of {p['original_width']}x{p['original_height']} ({o['JPEG']['count']} JPEG, "
+        f"{o['JPEG']['chroma']}, mean {o['JPEG']['mean_bytes'] / 1e6:.1f} MB; {o['TIFF']['count']} TIFF, mean "
+        f"{o['TIFF']['mean_bytes'] / 1e6:.1f} MB) x {p['reps']} repetitions{size}; {p['thumb_width']} px thumbnails"
+    )
+    contenders = data["contenders"]
+    fastest = max((c for c in contenders if c["baseline"]), key=lambda c: c["best_images_per_s"])
+    rows = []
+    for c in contenders:
+        ratio = c["best_images_per_s"] / fastest["best_images_per_s"]
+        target = t["service_vs_fastest_baseline_min"]
+        ms = c["median_ms_per_image"]
+        rows.append(
+            [
+                c["label"],
+                f"{c['best_images_per_s']:.2f}",
+                f"{c['median_images_per_s']:.2f}",
+                *(f"{ms[k]:.0f}" if k in ms else "—" for k in ("JPEG", "TIFF")),
+                f"{p['processes'] * 1000 / c['best_images_per_s']:.0f}",
+                mib(data["service_peak_rss_bytes"]) if c["name"] == "service" else "—",
+                f"{ratio:.2f}x",
+                f"{met(ratio >= target)} (≥ {target}x)" if c["name"] == "service" else "—",
+            ]
+        )
+    decode = [
+        [
+            f"{d['kind']}, {d['set']} ({len(d['keys'])} sizes)",
+            d["alone"],
+            f"{d['set_median_s']:.3f}",
+            f"{d['alone_median_s']:.3f}",
+            f"{d['set_median_s'] / d['alone_median_s']:.2f}x",
+            met(d["set_median_s"] / d["alone_median_s"] <= t["one_decode_max"]),
+        ]
+        for d in data["one_decode"]
+    ]
+    decode_header = [f"one render_all of (median of {p['decode_reps']})", *DECODE, f"≤ {t['one_decode_max']:.0f}x"]
+    return "\n".join([run_line(data, what), "", table([*THUMBNAILS, "target"], rows), "", table(decode_header, decode)])
+
+
+def bundles(data: dict[str, Any]) -> str:
+    p, t, pages, tools = data["parameters"], data["targets"], data["pages"], data["tools"]
+    size = "" if p["sizes"] == p["default_sizes"] and p["reps"] == p["default_reps"] else " (reduced)"
+    what = (
+        f"works of {' and '.join(f'{n:,}' for n in p['sizes'])} members x {p['reps']} repetitions{size}, "
+        f"{pages['distinct']} distinct {pages['width']}x{pages['height']} JPEG pages (Q={pages['quality']}, mean "
+        f"{pages['mean_bytes'] / 1e3:.0f} KB) in turn; {tools['img2pdf']}, {tools['zip']}"
+    )
+    rows = data["rows"]
+    baseline = {(r["kind"], r["members"]): r for r in rows if r["contender"] in ("img2pdf", "zip")}
+    timing = []
+    for r in rows:
+        ratio = r["best_s"] / baseline[r["kind"], r["members"]]["best_s"]
+        cpu = r["cpu_median_s"]
+        timing.append(
+            [
+                r["kind"].upper(),
+                f"{r['members']:,}",
+                r["label"],
+                f"{r['best_s']:.3f}",
+                f"{r['median_s']:.3f}",
+                f"{r['size_bytes'] / 1e6 / r['best_s']:.0f}",
+                mib(r["peak_rss_bytes"]),
+                f"{cpu['user']:.2f} + {cpu['system']:.2f}" if cpu else "—",
+                f"{ratio:.2f}x",
+                f"{met(ratio <= t['time_vs_baseline_max'])} (≤ {t['time_vs_baseline_max']}x)"
+                if r["contender"] == "service"
+                else "—",
+            ]
+        )
+    service = [r for r in rows if r["contender"] == "service"]
+    memory = []
+    for r in service:
+        smallest = next(s for s in service if s["kind"] == r["kind"] and s["members"] == min(p["sizes"]))
+        ratio = r["peak_rss_bytes"] / smallest["peak_rss_bytes"]
+        memory.append(
+            [
+                r["kind"].upper(),
+                f"{r['members']:,}",
+                *(" / ".join(mib(e[k]) for e in r["each"]) for k in ("rss_before", "peak_rss", "peak_rss_main")),
+                f"{ratio:.2f}x" + ("" if r is smallest else f" {met(ratio <= t['rss_largest_vs_smallest_max'])}"),
+                *(f"{r['phases_median_s'][k]:.3f}" for k in ("to_running", "members", "finishing")),
+            ]
+        )
+    memory_header = [*BUNDLE_MEMORY[:5], f"peak vs {min(p['sizes']):,} (≤ {t['rss_largest_vs_smallest_max']}x)"]
+    memory_header += BUNDLE_MEMORY[5:]
+    return "\n".join(
+        [run_line(data, what), "", table([*BUNDLE_TIMES, "target"], timing), "", table(memory_header, memory)]
+    )
+
+
+def ms(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def progress(data: dict[str, Any]) -> str:
+    p, t, scans, cases = data["parameters"], data["targets"], data["scan_pages"], data["cases"]
+    size = "" if all(p[k] == v for k, v in p["defaults"].items()) else " (reduced)"
+    what = (
+        f"{p['watchers']:,} watchers over {p['channels']} channels on a {p['members']}-member PDF build of "
+        f"{scans['distinct']} distinct {scans['width']}x{scans['height']} JPEG scans (mean "
+        f"{scans['mean_bytes'] / 1e6:.1f} MB), {p['reps']} repetitions; {p['jobs']} one-asset jobs{size}; "
+        f"heartbeat {p['heartbeat_s']:g} s"
+    )
+    latency, load = [], []
+    for name, c in cases.items():
+        lat, final = c["latency_ms"], c.get("final_after_completion_ms")
+        if final:
+            finals = f"{ms(final['first'], 0)} / {ms(final['last'], 0)}"
+        else:  # opened on a finished bundle: from opening the streams instead
+            finals = f"{1000 * c['first_snapshot_s']:.0f} / {1000 * c['all_subscribed_s']:.0f} after opening"
+        target = "—"
+        if name.startswith("bundle") or name == "jobs":
+            target = met(lat["p99"] is not None and lat["p99"] < t["p99_ms_max"])
+        if name.startswith("bundle"):
+            everyone = bool(final) and c["finals_ok"] == c["watchers"] and final["last"] < 1000 * t["all_final_s_max"]
+            target += f" / {met(everyone)}"
+        latency.append(
+            [
+                c["label"],
+                f"{c['watchers']:,}",
+                f"{c['live_events']:,}",
+                *(ms(lat[k]) for k in ("p50", "p99", "max")),
+                finals,
+                f"{c['finals_ok']:,}/{c['watchers']:,}",
+                target,
+            ]
+        )
+        before, peak, wall = c["rss_before_bytes"], c["rss_peak_bytes"], c["wall_s"]
+        load.append(
+            [
+                c["label"],
+                f"{wall:.1f}",
+                f"{c['completed_s']:.1f}" if "completed_s" in c else "—",
+                f"{mib(before['process'])} → {mib(peak['process'])} / {mib(before['tree'])} → {mib(peak['tree'])}",
+                "—" if c["new_connections"] is None else str(c["new_connections"]),
+                " / ".join(f"{sec:.1f} ({sec / wall:.2f})" for sec in c["cpu_s"].values()),
+                _marginal(c, cases["control"]) if name.startswith(("bundle", "niced")) else "—",
+            ]
+        )
+    first = cases["bundle1"]
+    timeline = [
+        [f"{s['from_s']:.1f}-{s['to_s']:.1f}", f"{s['subscribed']:,}", f"{s['events']:,}"]
+        + [ms(s[k]) for k in ("p50", "p99", "max")]
+        for s in first["timeline"]
+    ]
+    jobs = cases["jobs"]
+    other = [
+        ["(a) rep. 1: distinct events written", f"{first['distinct_events']}"],
+        ["(a) rep. 1: first watcher's delivery after the write, p50 / max (ms)", _pair(first["first_delivery_ms"])],
+        ["(a) rep. 1: last watcher's delivery after the first's, p50 / max (ms)", _pair(first["fan_out_spread_ms"])],
+        [
+            "(a) rep. 1: all streams had their snapshot, after FindOrCreateBundle (s)",
+            f"{first['all_subscribed_s']:.2f}",
+        ],
+        ["(a) rep. 1: client event loop late, p99 / max (ms, 10 ms ticks)", _pair(first["client_loop_lag_ms"])],
+        [
+            "(a1): server CPU per stream opened (ms)",
+            f"{1000 * cases['finished']['cpu_s']['server'] / p['watchers']:.2f}",
+        ],
+        ["(b): jobs created, one after another (s)", f"{jobs['opened_s']:.1f}"],
+        ["(b): all jobs completed, after the first was created (s)", f"{jobs['completed_s']:.1f}"],
+        [
+            f"(b): QUEUED → RUNNING, p50 / p90 / max (ms; {jobs['queued_to_running_ms']['jobs']} jobs seen queued)",
+            " / ".join(ms(jobs["queued_to_running_ms"][k], 0) for k in ("p50", "p90", "max")),
+        ],
+        ["convert.progress_event + serialization alone, per message (µs)", f"{data['conversion_us']:.1f}"],
+    ]
+    final = f"p99 < {t['p99_ms_max']:.0f} ms / all finals < {t['all_final_s_max']:.0f} s"
+    cpu = f"CPU s (share of a core): {' / '.join(first['cpu_s'])}"
+    return "\n".join(
+        [
+            run_line(data, what),
+            "",
+            table([*PROGRESS_LATENCY, final], latency),
+            "",
+            table([*PROGRESS_LOAD[:5], cpu, *PROGRESS_LOAD[5:]], load),
+            "",
+            table(PROGRESS_TIMELINE, timeline),
+            "",
+            table(["measured once", "value"], other),
+        ]
+    )
+
+
+def _marginal(case: dict[str, Any], control: dict[str, Any]) -> str:
+    cpu = case["cpu_s"]["server"] - control["cpu_s"]["server"]
+    return f"{1e6 * cpu / (case['messages'] - control['messages']):.0f}"
+
+
+def _pair(values: dict[str, float | None]) -> str:
+    return " / ".join(ms(v) for v in values.values())
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "hot_paths": hot_paths,
+    "thumbnails": thumbnails,
+    "bundles": bundles,
+    "progress": progress,
+}
 
 
 def replace_block(text: str, name: str, block: str) -> str:
