@@ -78,6 +78,7 @@ bench: $(STAMP)  ## benchmarks (minutes; baselines need Debian's vipsthumbnail a
 	$(PY) -m bench.bundles
 	$(PY) -m bench.progress
 	$(PY) -m bench.hot_paths
+	$(PY) -m bench.soak
 	$(PY) -m bench.render
 
 clean:

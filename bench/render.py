@@ -380,11 +380,59 @@ def _pair(values: dict[str, float | None]) -> str:
     return " / ".join(ms(v) for v in values.values())
 
 
+def soak(data: dict[str, Any]) -> str:
+    p, bounds = data["parameters"], data["bounds"]
+    what = f"{p['clients']} clients for {p['minutes']:g} minutes, writes held to {p['writes_per_second']:g}/s"
+    rows = [
+        [
+            op,
+            f"{row['calls']:,}",
+            ms(row["p50_ms"]),
+            ms(row["p99_ms"]),
+            ", ".join(f"{code} {n:,}" for code, n in sorted(row["codes"].items())),
+        ]
+        for op, row in data["rpcs"].items()
+    ]
+    out = [run_line(data, what), "", table(["RPC", "calls", "p50 (ms)", "p99 (ms)", "answers"], rows)]
+    unexpected = data["unexpected_errors"]
+    out += [
+        "",
+        f"Unexpected errors: {', '.join(f'{k} {v}' for k, v in unexpected.items()) or 'none'} ({met(not unexpected)}).",
+    ]
+    first = {proc["pid"]: proc for proc in data["samples"][0]["processes"]}
+    last = {proc["pid"]: proc for proc in data["samples"][-1]["processes"]}
+    rows = []
+    for i, (pid, start) in enumerate(first.items()):
+        end = last.get(pid)
+        if end is None:
+            rows.append([str(pid), mib(start["rss"]), "gone", str(start["open_files"]), "gone", "—"])
+            continue
+        grew = (end["rss"] - start["rss"]) / 2**20
+        files = end["open_files"] - start["open_files"]
+        ok = grew <= bounds["rss_growth_mib"] and files <= bounds["open_files_growth"]
+        role = "server" if i == 0 else "child"
+        rows.append(
+            [
+                f"{role} {pid}",
+                mib(start["rss"]),
+                mib(end["rss"]),
+                str(start["open_files"]),
+                str(end["open_files"]),
+                met(ok),
+            ]
+        )
+    header = ["process", "RSS after warm-up", "RSS at the end", "open files after warm-up", "at the end"]
+    bound = f"growth ≤ {bounds['rss_growth_mib']} MiB and ≤ {bounds['open_files_growth']} files"
+    out += ["", table([*header, bound], rows)]
+    return "\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "hot_paths": hot_paths,
     "thumbnails": thumbnails,
     "bundles": bundles,
     "progress": progress,
+    "soak": soak,
 }
 
 
