@@ -134,7 +134,7 @@ def measure(
 
 @contextmanager
 def service(storage: str, directory: Path, tree: Path | None = None) -> Iterator[Any]:
-    """`python -m server` on `storage`, with its own embedded Postgres (and moto for S3).
+    """`python -m server` on `storage`, with its own embedded Postgres (and a SeaweedFS S3 server for S3).
 
     `tree`: run the server of another checkout (e.g. the commit before a change), for a before/after.
     """
@@ -145,7 +145,7 @@ def service(storage: str, directory: Path, tree: Path | None = None) -> Iterator
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     postgres = Postgres(directory / "pg")
-    s3 = S3Endpoint(directory / "moto.log") if storage == "s3" else None
+    s3 = S3Endpoint(directory / "s3.log") if storage == "s3" else None
     server = None
     try:
         env = server_env(storage, postgres.new_database("hot"), directory / "data", s3)

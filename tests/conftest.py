@@ -1,4 +1,4 @@
-"""Session fixtures: one Postgres, one S3 endpoint, one server per storage backend."""
+"""Session fixtures: one Postgres, one S3 endpoint (SeaweedFS), one server per storage backend."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def postgres(work_dir: Path) -> Iterator[Postgres]:
 
 @pytest.fixture(scope="session")
 def s3(work_dir: Path) -> Iterator[S3Endpoint]:
-    endpoint = S3Endpoint(work_dir / "moto.log")
+    """`weed mini` on loopback: the S3 server of every test that needs one and does not stop it."""
+    endpoint = S3Endpoint(work_dir / "s3.log")
     yield endpoint
     endpoint.stop()
 

@@ -199,7 +199,7 @@ def test_a_bundle_another_process_hands_out_is_not_reaped(tmp_path: Path, postgr
 
 
 def test_s3_bundle_bucket_gets_a_lifecycle_rule(tmp_path: Path, postgres: Postgres) -> None:
-    s3 = S3Endpoint(tmp_path / "moto.log")
+    s3 = S3Endpoint(tmp_path / "s3.log")
     env = server_env(
         "s3", postgres.new_database("life"), tmp_path / "data", s3, DERIVATIVES_BUNDLE_IDLE_SECONDS=str(3 * 86400)
     )

@@ -1,4 +1,4 @@
-"""Ranged reads: `ObjectStorage.open(offset=)` and `read_object` on the filesystem and on S3 (moto, loopback)."""
+"""Ranged reads: `ObjectStorage.open(offset=)` and `read_object` on the filesystem and on S3 (SeaweedFS, loopback)."""
 
 from __future__ import annotations
 
@@ -139,20 +139,16 @@ def test_read_object_cancelled_mid_read_closes_after_the_read() -> None:
     assert storage.events == ["open 0", "read", "close"]  # closed once, after the read, no ValueError
 
 
-# --- S3 (moto server on loopback)
+# --- S3 (the session's SeaweedFS server on loopback)
 
 
 @pytest.fixture(scope="module")
-def s3_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Storage]:
-    endpoint = S3Endpoint(tmp_path_factory.mktemp("moto") / "moto.log")
-    try:
-        storage = S3Storage(load_settings({"DERIVATIVES_STORAGE": "s3", "S3_ENDPOINT": endpoint.endpoint, **S3_KEYS}))
-        storage.ensure_buckets((BUCKET,))
-        storage.put(BUCKET, KEY, io.BytesIO(DATA), length=SIZE)
-        storage.put(BUCKET, "empty", io.BytesIO(b""), length=0)
-        yield storage
-    finally:
-        endpoint.stop()
+def s3_storage(s3: S3Endpoint) -> S3Storage:
+    storage = s3.storage()
+    storage.ensure_buckets((BUCKET,))
+    storage.put(BUCKET, KEY, io.BytesIO(DATA), length=SIZE)
+    storage.put(BUCKET, "empty", io.BytesIO(b""), length=0)
+    return storage
 
 
 @pytest.mark.parametrize("offset", OFFSETS)
