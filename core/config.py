@@ -164,7 +164,9 @@ class Settings:
     )
     # Storage sweep (core/reclaim.py): objects no row references are deleted once older than the grace
     # period; the maintenance role sweeps every gc_interval seconds (0: only on demand, ReclaimStorage).
-    gc_grace_seconds: float = field(default=3600.0, metadata={"env": "DERIVATIVES_GC_GRACE_SECONDS", "ge": 0})
+    # At least 10 minutes: the grace is what keeps an upload whose commit is on its way (the re-check before a
+    # delete cannot see an uncommitted row). Drills go lower through a test-only failpoint (core/failpoints.py).
+    gc_grace_seconds: float = field(default=3600.0, metadata={"env": "DERIVATIVES_GC_GRACE_SECONDS", "ge": 600})
     gc_interval_seconds: float = field(default=6 * 3600.0, metadata={"env": "DERIVATIVES_GC_INTERVAL", "ge": 0})
     # Postgres connection pool size.
     db_pool_size: int = field(default=10, metadata={"env": "DERIVATIVES_DB_POOL_SIZE", "ge": 1})

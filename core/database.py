@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import select
+import threading
 import time
 import warnings
 import weakref
@@ -61,6 +62,8 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.pgdata = data_dir / "pg"
         self._server: Any = None
+        # A restart (the supervisor's thread) and a stop (shutdown) never run pg_ctl at once.
+        self._lock = threading.Lock()
 
     def start(self) -> str:
         pgserver = _pgserver()
@@ -77,28 +80,39 @@ class EmbeddedPostgres:
             if not handles.exists():
                 return
             pids = json.loads(handles.read_text())
-            alive = [pid for pid in pids if _alive(pid) and pid != os.getpid()]
+            # Our own pid too, unless this process already holds a handle (pgserver would not add it again).
+            mine = self.pgdata.resolve() in pgserver.postgres_server.PostgresServer._instances
+            alive = [pid for pid in pids if _alive(pid) and (pid != os.getpid() or mine)]
             if alive != pids:
                 handles.write_text(json.dumps(alive))
                 log.info("embedded postgres: forgot handles of dead processes %s", sorted(set(pids) - set(alive)))
 
     def running(self) -> bool:
-        return self._server is not None and bool(self._server.get_postmaster_info().process.is_running())
+        """Whether the postmaster lives (a zombie, dead but not yet reaped by its parent, does not)."""
+        if self._server is None:
+            return False
+        process = self._server.get_postmaster_info().process
+        try:
+            return bool(process.is_running()) and process.status() != "zombie"
+        except Exception:  # psutil.NoSuchProcess and friends: gone
+            return False
 
     def restart_if_dead(self) -> bool:
         """Start the postmaster again if it died (True when it did); pgserver clears a stale postmaster.pid."""
-        if self._server is None or self.running():
-            return False
-        with _pgserver().postgres_server.PostgresServer._lock:
-            self._server.ensure_postgres_running()
+        with self._lock:
+            if self._server is None or self.running():
+                return False
+            with _pgserver().postgres_server.PostgresServer._lock:
+                self._server.ensure_postgres_running()
         log.warning("embedded postgres had stopped; started it again (pid %s)", self._server.get_pid())
         return True
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
-            log.info("embedded postgres stopped")
+        with self._lock:
+            if self._server is not None:
+                self._server.cleanup()
+                self._server = None
+                log.info("embedded postgres stopped")
 
 
 def _alive(pid: int) -> bool:

@@ -35,6 +35,7 @@ class Reason(StrEnum):
     BUNDLE_NOT_READY = "BUNDLE_NOT_READY"
     BUNDLE_NOT_STORED = "BUNDLE_NOT_STORED"
     SWEEP_RUNNING = "SWEEP_RUNNING"
+    STORAGE_NOT_OURS = "STORAGE_NOT_OURS"
     # PERMISSION_DENIED / UNAUTHENTICATED
     SOURCE_NOT_ALLOWED = "SOURCE_NOT_ALLOWED"
     STORAGE_ACCESS_DENIED = "STORAGE_ACCESS_DENIED"
@@ -51,12 +52,13 @@ class Reason(StrEnum):
 
 
 def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
-    """repr() of client input, cut to `limit` characters (with how long it really was)."""
-    text = repr(value)
+    """ascii() of client input (non-ASCII escaped, so characters are bytes), cut to `limit` characters,
+    with how long it really was."""
+    text = ascii(value)
     if len(text) <= limit:
         return text
     size = f"{len(value):,} characters" if isinstance(value, str | bytes) else "long"
-    return f"{text[:limit]}… ({size})"
+    return f"{text[:limit]}... ({size})"
 
 
 class DomainError(Exception):

@@ -2,7 +2,8 @@
 what a crash leaves behind and what a race does.
 
 Tests set DERIVATIVES_TEST_FAILPOINTS to a comma-separated list of `name` or `name@n` (SIGKILL the
-n-th time that step is reached) and `name~seconds` (wait that long there, the event loop free);
+n-th time that step is reached), `name~seconds` (wait that long there, the event loop free) and
+`name=value` (a number a test may set below its production bounds, see `number`);
 nothing else sets it, and without it a failpoint costs one environment lookup. A kill sends
 SIGKILL: no cleanup, no `finally`, as when the power goes out. From a pool process,
 `whole_server=True` kills the server that spawned it first.
@@ -42,6 +43,17 @@ def hit(name: str, whole_server: bool = False) -> None:
     if whole_server:
         os.kill(os.getppid(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def number(name: str, default: float) -> float:
+    """A setting a test may override below its production bounds (`name=value`), e.g. `gc_grace=0`."""
+    if ENV not in os.environ:
+        return default
+    for entry in os.environ[ENV].split(","):
+        key, sep, value = entry.strip().partition("=")
+        if sep and key == name:
+            return float(value)
+    return default
 
 
 async def hold(name: str) -> None:

@@ -53,6 +53,12 @@ class MaintenanceRole:
     async def start(self, ctx: HostContext) -> None:
         domain = ctx.domain
         await install_bundle_expiry(domain)
+        try:  # the buckets are this database's from its first contact (the sweep checks it each time)
+            foreign = await domain.reclaimer.claim_buckets()
+            if foreign:
+                log.error("buckets %s belong to another installation: the storage sweep will not run", foreign)
+        except Exception as exc:  # storage away at start-up: the sweep claims them later
+            log.warning("could not mark the buckets as this installation's: %s", exc)
         self._tasks = [asyncio.create_task(self._loop(domain), name="maintenance")]
         if domain.settings.gc_interval_seconds > 0:
             self._tasks.append(asyncio.create_task(self._sweep_loop(domain), name="storage-sweep"))

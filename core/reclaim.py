@@ -12,7 +12,10 @@ multipart upload never completed. The sweep finds and deletes them, and nothing 
 - only objects older than the grace period (DERIVATIVES_GC_GRACE_SECONDS): an upload whose
   commit is still on its way is younger than that;
 - each candidate is asked about again, by itself, just before it is deleted (a row committed
-  since the listing began keeps its object).
+  since the listing began keeps its object);
+- only buckets that carry this database's installation id (`MARKER`, written on first contact):
+  a server started against the wrong database (an empty embedded one, a staging copy, a restore)
+  refuses to sweep another installation's buckets instead of deleting everything in them.
 
 It walks the bucket listing (bytewise key order) beside the bucket's referenced keys read from
 Postgres through a cursor in the same order, so memory stays bounded however many objects there
@@ -23,6 +26,7 @@ every DERIVATIVES_GC_INTERVAL seconds, and the admin RPC ReclaimStorage on deman
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 import time
@@ -30,17 +34,19 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from core import failpoints
 from core.config import Settings
 from core.database import QUERIES, Database
 from core.errors import FailedPrecondition, Reason
 from core.ids import CALLER_ID, DERIVATIVE_KEY
-from core.storage import ObjectInfo, ObjectStorage, PartialUpload
+from core.storage import ObjectInfo, ObjectMissing, ObjectStorage, PartialUpload
 
 log = logging.getLogger("derivatives.reclaim")
 T = TypeVar("T")
 
 _LOCK = 7_263_512  # pg advisory lock: one sweep at a time, across processes
 SAMPLE = 20  # keys of orphans named in a report
+MARKER = ".derivatives-installation"  # in each swept bucket: the installation id of the database it belongs to
 _HEX = r"[0-9a-f]{32}"
 # The keys the service writes, per kind of bucket (core/assets.py, core/derivatives.py object_key, core/bundles.py).
 KEY_SHAPES = {
@@ -76,7 +82,7 @@ class Reclaimer:
     def __init__(self, db: Database, storage: ObjectStorage, settings: Settings, definition_buckets: Iterable[str]):
         self.db = db
         self.storage = storage
-        self.grace_seconds = settings.gc_grace_seconds
+        self.grace_seconds = failpoints.number("gc_grace", settings.gc_grace_seconds)
         shapes: dict[str, set[str]] = {}
         for kind, bucket in (
             ("originals", settings.bucket_originals),
@@ -87,13 +93,37 @@ class Reclaimer:
             shapes.setdefault(bucket, set()).add(kind)
         self.buckets = {bucket: [KEY_SHAPES[k] for k in sorted(kinds)] for bucket, kinds in shapes.items()}
 
+    async def claim_buckets(self) -> list[str]:
+        """Write this installation's id into each bucket that has none; the buckets that carry another's."""
+        row = await self.db.fetchone("installation_id")
+        assert row is not None
+        ours = str(row["id"]).encode()
+        await asyncio.to_thread(self.storage.ensure_buckets, tuple(self.buckets))
+        return [b for b in self.buckets if not await asyncio.to_thread(self._claim, b, ours)]
+
+    def _claim(self, bucket: str, ours: bytes) -> bool:
+        try:
+            with self.storage.open(bucket, MARKER) as fh:
+                return fh.read(100).strip() == ours
+        except ObjectMissing:
+            self.storage.put(bucket, MARKER, io.BytesIO(ours), length=len(ours), content_type="text/plain")
+            return True
+
     async def sweep(self, dry_run: bool = False) -> AsyncIterator[BucketReport]:
-        """One report per bucket, as each is done. FailedPrecondition if a sweep runs elsewhere."""
+        """One report per bucket, as each is done. FailedPrecondition if a sweep runs elsewhere, or if a
+        bucket belongs to another installation (then nothing is swept)."""
         async with self.db.connection() as lock_conn:
             row = await (await lock_conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (_LOCK,))).fetchone()
             if row is None or not row["got"]:
                 raise FailedPrecondition("a storage sweep is already running", Reason.SWEEP_RUNNING)
             try:
+                foreign = await self.claim_buckets()
+                if foreign:
+                    raise FailedPrecondition(
+                        f"bucket(s) {', '.join(foreign)} belong to another installation (their {MARKER} names "
+                        "another database): is DATABASE_URL right? Nothing was swept.",
+                        Reason.STORAGE_NOT_OURS,
+                    )
                 for bucket, shapes in self.buckets.items():
                     report = await self._bucket(bucket, shapes, dry_run)
                     log.info(
@@ -119,6 +149,8 @@ class Reclaimer:
             rows = aiter(refs)
             ref: str | None = await _next_key(rows)
             async for obj in _listing(self.storage, bucket):
+                if obj.key == MARKER:
+                    continue
                 report.listed += 1
                 while ref is not None and ref.encode() < obj.key.encode():
                     ref = await _next_key(rows)
@@ -140,9 +172,12 @@ class Reclaimer:
         async for upload in _partials(self.storage, bucket):
             if upload.started > cutoff:
                 continue
-            if upload.upload_id:  # a multipart upload: of a key the service writes?
+            if upload.upload_id:  # a multipart upload of a key the service writes, not being built now?
+                # A build streaming for longer than the grace period is still running, not abandoned.
                 ours = any(shape.fullmatch(upload.key) for shape in shapes)
-            else:  # a filesystem put's temporary file
+                if ours and await self._building(bucket, upload.key):
+                    continue
+            else:  # a filesystem put's temporary file (its mtime moves while it is written)
                 ours = _PARTIAL_FILE.fullmatch(upload.key) is not None
             if not ours:
                 continue
@@ -150,6 +185,10 @@ class Reclaimer:
             if not dry_run:
                 await asyncio.to_thread(self.storage.abort_partial, upload)
         return report
+
+    async def _building(self, bucket: str, key: str) -> bool:
+        row = await self.db.fetchone("build_in_progress", bucket=bucket, object_key=key)
+        return bool(row and row["found"])
 
     async def _referenced(self, bucket: str, key: str) -> bool:
         row = await self.db.fetchone("object_referenced", bucket=bucket, object_key=key)

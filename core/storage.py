@@ -241,7 +241,7 @@ class FileStorage:
             entries = [(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in os.scandir(directory)]
         except (FileNotFoundError, NotADirectoryError):
             return
-        for name, entry in sorted(entries, key=lambda pair: pair[0].encode()):
+        for name, entry in sorted(entries, key=lambda pair: os.fsencode(pair[0])):  # bytes, even if not UTF-8
             if name.endswith("/"):
                 yield from self._walk(Path(entry.path), prefix + name)
             else:

@@ -146,19 +146,20 @@ class Credentials:
 
     def __init__(self, path: str) -> None:
         self.path = Path(path) if path else None
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
         self._checked = 0.0
         self.tokens: list[Credential] = []
         self.subjects: dict[str, Principal] = {}
         if self.path is not None:
             self._load(self._read_stamp())  # a bad file stops start-up (ValueError, OSError)
 
-    def _read_stamp(self) -> tuple[int, int]:
+    def _read_stamp(self) -> tuple[int, ...]:
+        """What changes when the file does: a rewrite within one mtime tick still changes the inode or ctime."""
         assert self.path is not None
         st = self.path.stat()
-        return (st.st_mtime_ns, st.st_size)
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
 
-    def _load(self, stamp: tuple[int, int]) -> None:
+    def _load(self, stamp: tuple[int, ...]) -> None:
         assert self.path is not None
         credentials = parse_tokens(self.path.read_text(), str(self.path))
         self.tokens = [c for c in credentials if c.sha256]
@@ -230,7 +231,8 @@ class Security:
                 "Set DERIVATIVES_TOKENS_FILE (bearer tokens) or DERIVATIVES_TLS_CLIENT_CA (client certificates), "
                 "see docs/security.md; or set DERIVATIVES_AUTH=none to serve without authentication."
             )
-        if credentials.tokens and tls is None and not loopback and not settings.allow_plaintext_tokens:
+        # Any tokens file counts, even one with no bearer token yet: tokens added by a reload would travel in clear.
+        if settings.tokens_file and tls is None and not loopback and not settings.allow_plaintext_tokens:
             raise SystemExit(
                 f"refusing bearer tokens over plaintext on {settings.listen}: anyone on the path can read them. "
                 "Set DERIVATIVES_TLS_CERT and DERIVATIVES_TLS_KEY, see docs/security.md; "

@@ -32,7 +32,10 @@ log = logging.getLogger("derivatives.rpc")
 # ErrorInfo.domain of every error this service sends.
 ERROR_DOMAIN = "derivatives.v1"
 MAX_VIOLATIONS = 20  # a reply lists at most this many; the rest are counted in one more
-MAX_MESSAGE = 1000  # characters of a status message (gRPC trailers are limited to a few KB)
+MAX_MESSAGE = 1000  # UTF-8 bytes of a status message (gRPC percent-encodes non-ASCII ones: up to 3x)
+# UTF-8 bytes of all violations together: the details travel base64-encoded (4/3) in a trailer, and clients
+# refuse trailers past 8 KB (a "soft limit" they report as RESOURCE_EXHAUSTED, hiding the real error).
+VIOLATION_BUDGET = 3000
 
 _CODES: list[tuple[type[DomainError], int]] = [
     (InvalidArgument, code_pb2.INVALID_ARGUMENT),
@@ -71,7 +74,11 @@ def request_path(field: str, paths: FieldPaths) -> str:
 
 
 def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """`text` cut to at most `limit` UTF-8 bytes (an ellipsis marks the cut)."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode(errors="ignore") + "…"
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -91,12 +98,16 @@ def to_status(exc: BaseException, paths: FieldPaths | None = None) -> status_pb2
     MAX_VIOLATIONS field violations, each clipped), RESOURCE_EXHAUSTED also a RetryInfo.
     """
     if isinstance(exc, InvalidArgument):
-        violations = [
-            (_clip(request_path(f, paths or {}), 2 * QUOTE_CHARS), _clip(d, 3 * QUOTE_CHARS))
-            for f, d in exc.violations[:MAX_VIOLATIONS]
-        ]
-        if len(exc.violations) > MAX_VIOLATIONS:
-            violations.append(("", f"and {len(exc.violations) - MAX_VIOLATIONS:,} more violations"))
+        violations: list[tuple[str, str]] = []
+        spent = 0
+        for f, d in exc.violations[:MAX_VIOLATIONS]:
+            pair = (_clip(request_path(f, paths or {}), 2 * QUOTE_CHARS), _clip(d, 3 * QUOTE_CHARS))
+            spent += len(pair[0].encode()) + len(pair[1].encode())
+            if spent > VIOLATION_BUDGET and violations:
+                break
+            violations.append(pair)
+        if len(exc.violations) > len(violations):
+            violations.append(("", f"and {len(exc.violations) - len(violations):,} more violations"))
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations

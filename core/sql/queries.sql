@@ -310,7 +310,9 @@ DELETE FROM bundles WHERE bundle_id IN (
 RETURNING bucket, object_key, size_bytes;
 
 -- name: bundle_object_in_use
-SELECT 1 AS found FROM bundles WHERE bucket = %(bucket)s AND object_key = %(object_key)s LIMIT 1;
+-- COLLATE "C" here and below: the (bucket, object_key) indexes are in the "C" collation (migration 0007);
+-- equality is the same in every deterministic collation, so the answer is too.
+SELECT 1 AS found FROM bundles WHERE bucket = %(bucket)s AND object_key COLLATE "C" = %(object_key)s LIMIT 1;
 
 -- name: work_members_with_assets
 SELECT m.position, a.asset_id, a.content_type, a.sha512, a.width, a.height, a.bucket, a.object_key
@@ -318,7 +320,7 @@ FROM work_members m JOIN assets a USING (asset_id)
 WHERE m.work_id = %(work_id)s ORDER BY m.position;
 
 -- name: original_referenced
-SELECT 1 AS found FROM assets WHERE bucket = %(bucket)s AND object_key = %(object_key)s LIMIT 1;
+SELECT 1 AS found FROM assets WHERE bucket = %(bucket)s AND object_key COLLATE "C" = %(object_key)s LIMIT 1;
 
 -- name: derivative_keys_referenced
 SELECT object_key FROM derivatives WHERE asset_id = %(asset_id)s AND object_key = ANY(%(object_keys)s::text[]);
@@ -334,6 +336,16 @@ ORDER BY 1;
 
 -- name: object_referenced
 -- Asked again, just before a delete, of each object the sweep found unreferenced.
-SELECT EXISTS (SELECT 1 FROM assets WHERE bucket = %(bucket)s AND object_key = %(object_key)s)
-    OR EXISTS (SELECT 1 FROM derivatives WHERE bucket = %(bucket)s AND object_key = %(object_key)s)
-    OR EXISTS (SELECT 1 FROM bundles WHERE bucket = %(bucket)s AND object_key = %(object_key)s) AS found;
+SELECT EXISTS (SELECT 1 FROM assets WHERE bucket = %(bucket)s AND object_key COLLATE "C" = %(object_key)s)
+    OR EXISTS (SELECT 1 FROM derivatives WHERE bucket = %(bucket)s AND object_key COLLATE "C" = %(object_key)s)
+    OR EXISTS (SELECT 1 FROM bundles WHERE bucket = %(bucket)s AND object_key COLLATE "C" = %(object_key)s) AS found;
+
+-- name: installation_id
+SELECT id FROM installation;
+
+-- name: build_in_progress
+-- Whether a bundle is being built into this key (its multipart upload is not abandoned).
+SELECT EXISTS (
+    SELECT 1 FROM bundles
+    WHERE bucket = %(bucket)s AND object_key COLLATE "C" = %(object_key)s AND status = 'in_progress'
+) AS found;

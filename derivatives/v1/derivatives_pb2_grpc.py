@@ -272,7 +272,9 @@ class DerivativeServiceServicer:
         service writes. Streams one report per bucket as it is done, then a total.
         The maintenance role runs the same sweep every DERIVATIVES_GC_INTERVAL
         seconds. One sweep runs at a time: FAILED_PRECONDITION (SWEEP_RUNNING)
-        while another process sweeps.
+        while another process sweeps. A bucket that carries another database's
+        installation id (`.derivatives-installation`, written on first contact)
+        is never swept: FAILED_PRECONDITION (STORAGE_NOT_OURS), nothing deleted.
         Scope: `admin`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -23,7 +23,7 @@ Conventions used throughout:
   (INVALID_ARGUMENT); ASSET_NOT_FOUND, WORK_NOT_FOUND, JOB_NOT_FOUND,
   BUNDLE_NOT_FOUND, DERIVATIVE_NOT_FOUND, SOURCE_NOT_FOUND (NOT_FOUND);
   ASSET_IN_WORK, ORIGINAL_CHANGED, WORK_HAS_NO_MEMBERS, BUNDLE_NOT_READY,
-  BUNDLE_NOT_STORED, SWEEP_RUNNING (FAILED_PRECONDITION); SOURCE_NOT_ALLOWED,
+  BUNDLE_NOT_STORED, SWEEP_RUNNING, STORAGE_NOT_OURS (FAILED_PRECONDITION); SOURCE_NOT_ALLOWED,
   STORAGE_ACCESS_DENIED, SCOPE_REQUIRED (PERMISSION_DENIED, the latter with
   metadata `scope`); CREDENTIALS_MISSING, CREDENTIALS_INVALID
   (UNAUTHENTICATED); TOO_MANY_JOBS (RESOURCE_EXHAUSTED, with a
@@ -158,7 +158,9 @@ class DerivativeServiceStub:
     service writes. Streams one report per bucket as it is done, then a total.
     The maintenance role runs the same sweep every DERIVATIVES_GC_INTERVAL
     seconds. One sweep runs at a time: FAILED_PRECONDITION (SWEEP_RUNNING)
-    while another process sweeps.
+    while another process sweeps. A bucket that carries another database's
+    installation id (`.derivatives-installation`, written on first contact)
+    is never swept: FAILED_PRECONDITION (STORAGE_NOT_OURS), nothing deleted.
     Scope: `admin`.
     """
 
@@ -257,7 +259,9 @@ class DerivativeServiceAsyncStub(DerivativeServiceStub):
     service writes. Streams one report per bucket as it is done, then a total.
     The maintenance role runs the same sweep every DERIVATIVES_GC_INTERVAL
     seconds. One sweep runs at a time: FAILED_PRECONDITION (SWEEP_RUNNING)
-    while another process sweeps.
+    while another process sweeps. A bucket that carries another database's
+    installation id (`.derivatives-installation`, written on first contact)
+    is never swept: FAILED_PRECONDITION (STORAGE_NOT_OURS), nothing deleted.
     Scope: `admin`.
     """
 
@@ -449,7 +453,9 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
         service writes. Streams one report per bucket as it is done, then a total.
         The maintenance role runs the same sweep every DERIVATIVES_GC_INTERVAL
         seconds. One sweep runs at a time: FAILED_PRECONDITION (SWEEP_RUNNING)
-        while another process sweeps.
+        while another process sweeps. A bucket that carries another database's
+        installation id (`.derivatives-installation`, written on first contact)
+        is never swept: FAILED_PRECONDITION (STORAGE_NOT_OURS), nothing deleted.
         Scope: `admin`.
         """
 

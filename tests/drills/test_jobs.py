@@ -86,6 +86,7 @@ def test_killed_server_job_is_taken_over_after_the_lease(tmp_path: Path, postgre
             job = _check_finished(second, ids, job_id)
             assert job.attempts >= 2
             watching.join(60)
+            assert not watching.is_alive(), "the viewer's stream never ended"
         assert events and events[-1].stage == pb.STAGE_SUCCEEDED, events[-3:]
         # The first event of each new attempt is a snapshot carrying its number, starting over from 0.
         starts = [e for e in events if e.attempt >= 2 and e.stage == pb.STAGE_RUNNING]

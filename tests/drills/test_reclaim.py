@@ -15,8 +15,9 @@ import grpc
 import psycopg
 import pytest
 
-from client.client import Client
+from client.client import Client, ClientError
 from core.failpoints import ENV as FAILPOINTS
+from core.reclaim import MARKER
 from derivatives.v1 import derivatives_pb2 as pb
 from derivatives.v1 import derivatives_pb2_grpc
 from tests import images
@@ -27,8 +28,9 @@ Objects = set[tuple[str, str]]
 
 
 def _env(
-    request: pytest.FixtureRequest, postgres: Postgres, tmp_path: Path, backend: str, **extra: str
+    request: pytest.FixtureRequest, postgres: Postgres, tmp_path: Path, backend: str, grace: str = "", **extra: str
 ) -> dict[str, str]:
+    """A server's environment; `grace` sets the sweep's grace period below its production floor (test-only)."""
     s3: S3Endpoint | None = request.getfixturevalue("s3") if backend == "s3" else None
     return server_env(
         backend,
@@ -38,8 +40,15 @@ def _env(
         DERIVATIVES_WORKERS="1",
         DERIVATIVES_JOB_LEASE_SECONDS="2",
         DERIVATIVES_GC_INTERVAL="0",  # sweeps only when the test asks
+        **({FAILPOINTS: f"gc_grace={grace}"} if grace else {}),
         **extra,
     )
+
+
+def _with(env: dict[str, str], failpoint: str) -> dict[str, str]:
+    """`env` with one more failpoint armed."""
+    armed = ",".join(filter(None, (env.get(FAILPOINTS, ""), failpoint)))
+    return {**env, FAILPOINTS: armed}
 
 
 def noise_jpeg(width: int, height: int, seed: int) -> bytes:
@@ -70,7 +79,7 @@ def _stored(server: ServerProcess) -> tuple[Objects, Objects]:
     objects: Objects = set()
     partial: Objects = set()
     for bucket in settings.buckets:
-        objects |= {(bucket, o.key) for o in storage.list(bucket)}
+        objects |= {(bucket, o.key) for o in storage.list(bucket) if o.key != MARKER}
         partial |= {(bucket, u.key) for u in storage.list_partial(bucket)}
     return objects, partial
 
@@ -102,8 +111,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 def test_killed_after_an_original_is_stored_before_its_commit(
     request: pytest.FixtureRequest, postgres: Postgres, tmp_path: Path, backend: str
 ) -> None:
-    env = _env(request, postgres, tmp_path, backend, DERIVATIVES_GC_GRACE_SECONDS="0")
-    first = _start({**env, FAILPOINTS: "original_stored"}, tmp_path / "first.log")
+    env = _env(request, postgres, tmp_path, backend, grace="0")
+    first = _start(_with(env, "original_stored"), tmp_path / "first.log")
     with first.channel() as channel, pytest.raises(grpc.RpcError):
         derivatives_pb2_grpc.DerivativeServiceStub(channel).PutAsset(
             pb.PutAssetRequest(asset_id="lost", data=images.jpeg(400, 300)), timeout=60
@@ -125,8 +134,8 @@ def test_killed_after_a_derivative_is_stored_before_it_is_attached(
 ) -> None:
     """The pool process kills its server after uploading the 3rd derivative of an asset: 3 uploads no row
     references; the job is taken over after the lease and makes them again under new keys."""
-    env = _env(request, postgres, tmp_path, backend, DERIVATIVES_GC_GRACE_SECONDS="0")
-    first = _start({**env, FAILPOINTS: "derivative_stored@3"}, tmp_path / "first.log")
+    env = _env(request, postgres, tmp_path, backend, grace="0")
+    first = _start(_with(env, "derivative_stored@3"), tmp_path / "first.log")
     with first.channel() as channel:
         derivatives_pb2_grpc.DerivativeServiceStub(channel).PutAsset(
             pb.PutAssetRequest(asset_id="d1", data=images.jpeg(3000, 2000))
@@ -154,8 +163,8 @@ def test_killed_mid_stream_of_a_bundle(
 ) -> None:
     """On the filesystem a `.tmp-*` file stays; on S3 an incomplete multipart upload (the ZIP passes
     the 16 MiB part size before the kill)."""
-    env = _env(request, postgres, tmp_path, backend, DERIVATIVES_GC_GRACE_SECONDS="0")
-    first = _start({**env, FAILPOINTS: "bundle_member_written@14"}, tmp_path / "first.log")
+    env = _env(request, postgres, tmp_path, backend, grace="0")
+    first = _start(_with(env, "bundle_member_written@14"), tmp_path / "first.log")
     ids = [f"m{i}" for i in range(16)]
     with first.channel() as channel:
         stub = derivatives_pb2_grpc.DerivativeServiceStub(channel)
@@ -176,6 +185,30 @@ def test_killed_mid_stream_of_a_bundle(
         total = _sweep(second)
         assert total.partial_uploads >= 1
         assert _stored(second) == (_rows(env), set())
+    finally:
+        assert second.stop() == 0, second.tail()
+
+
+def test_a_server_on_another_database_does_not_sweep_these_buckets(
+    request: pytest.FixtureRequest, postgres: Postgres, tmp_path: Path
+) -> None:
+    """The first server's buckets carry its database's id; a second server on the same storage but a fresh
+    database (an empty embedded one, a staging copy) refuses to sweep them, and deletes nothing."""
+    first_env = _env(request, postgres, tmp_path, "file", grace="0")
+    first = _start(first_env, tmp_path / "first.log")
+    with first.channel() as channel:
+        derivatives_pb2_grpc.DerivativeServiceStub(channel).PutAsset(
+            pb.PutAssetRequest(asset_id="kept", data=images.png(40, 30), skip_derivatives=True)
+        )
+    before = _stored(first)[0]
+    assert first.stop() == 0
+    second = _start(_env(request, postgres, tmp_path, "file", grace="0"), tmp_path / "second.log")  # a new database
+    try:
+        with Client(second.address) as client, pytest.raises(ClientError) as info:
+            list(client.reclaim_storage())
+        assert (info.value.code, info.value.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "STORAGE_NOT_OURS")
+        assert _stored(second)[0] == before and before
+        assert "belong to another installation" in second.log_path.read_text()
     finally:
         assert second.stop() == 0, second.tail()
 
@@ -213,28 +246,29 @@ def test_the_sweep_leaves_foreign_and_young_objects_alone(
 def test_a_sweep_racing_uploads_takes_none_of_them_within_the_grace(
     request: pytest.FixtureRequest, postgres: Postgres, tmp_path: Path, grace: str
 ) -> None:
-    """Uploads held 2 s between their upload and their commit while sweeps run back to back. With the
+    """Uploads held 5 s between their upload and their commit while sweeps run back to back. With the
     grace period, every asset keeps its original; with none, the race is real: the sweep takes
-    uploads whose rows were on their way (the reason the grace exists)."""
-    env = _env(
-        request, postgres, tmp_path, "file", DERIVATIVES_GC_GRACE_SECONDS=grace, **{FAILPOINTS: "original_stored~2"}
-    )
+    uploads whose rows were on their way (the reason the grace exists, and has a floor of 10 minutes)."""
+    env = _with(_env(request, postgres, tmp_path, "file", grace=grace), "original_stored~5")
     server = _start(env, tmp_path / "server.log")
     try:
         ids = [f"race-{i}" for i in range(6)]
-        stop = threading.Event()
-        sweeps = 0
+        uploading = threading.Event()
+        done = threading.Event()
+        during: list[pb.ReclaimStorageResponse] = []  # sweeps that ran wholly while the uploads were held
+        errors: list[BaseException] = []
 
         def sweeping() -> None:
-            nonlocal sweeps
-            with Client(server.address) as client:
-                while not stop.is_set():
-                    try:
-                        list(client.reclaim_storage())
-                        sweeps += 1
-                    except Exception:  # SWEEP_RUNNING is fine; anything else shows below
-                        raise
-                    time.sleep(0.05)
+            try:
+                with Client(server.address) as client:
+                    while not done.is_set():
+                        started_while_held = uploading.is_set()
+                        reports = list(client.reclaim_storage())
+                        if started_while_held and not done.is_set():
+                            during.append(reports[-1])
+                        time.sleep(0.05)
+            except BaseException as exc:  # shown by the test, not lost in the thread
+                errors.append(exc)
 
         sweeper = threading.Thread(target=sweeping)
         sweeper.start()
@@ -244,22 +278,27 @@ def test_a_sweep_racing_uploads_takes_none_of_them_within_the_grace(
                 threading.Thread(
                     target=stub.PutAsset,
                     args=(pb.PutAssetRequest(asset_id=a, data=images.png(64, 48), skip_derivatives=True),),
+                    kwargs={"timeout": 60},
                 )
                 for a in ids
             ]
             for t in uploads:
                 t.start()
+            time.sleep(0.5)  # the uploads are stored by now and held for 5 s before their commits
+            uploading.set()
             for t in uploads:
-                t.join(60)
-        stop.set()
+                t.join(90)
+            assert not any(t.is_alive() for t in uploads)
+        done.set()
         sweeper.join(60)
-        assert sweeps >= 3, "the sweeps never raced the uploads"
+        assert not errors, errors
+        assert len(during) >= 3, f"only {len(during)} sweeps ran while the uploads were held"
         storage, settings = server.storage(), server.settings
         missing = [asset_id for asset_id in ids if not any(storage.list(settings.bucket_originals, asset_id + "/"))]
         if grace == "0":
             assert missing, "no upload was taken: the race never happened, the drill proves nothing"
         else:
-            assert missing == []
+            assert missing == [] and all(r.young >= 1 for r in during)
             assert _stored(server)[0] == _rows(env)
     finally:
         assert server.stop() == 0, server.tail()

@@ -220,7 +220,11 @@ def test_tokens_rotate_without_a_restart(guarded: Guarded) -> None:
             assert time.monotonic() < deadline, "the new token was never accepted"
             time.sleep(0.2)
     guarded.tokens_file.write_text("this is not TOML [")  # a broken file keeps the last good credentials
-    time.sleep(2.5)
+    deadline = time.monotonic() + 15
+    while "not reloaded, keeping the previous credentials" not in guarded.server.log_path.read_text():
+        guarded.stub.GetAsset(request, metadata=(("authorization", f"Bearer {new}"),))  # a call makes it look
+        assert time.monotonic() < deadline, "the broken file was never read"
+        time.sleep(0.2)
     guarded.stub.GetAsset(request, metadata=(("authorization", f"Bearer {new}"),))
     guarded.tokens_file.write_text(tokens_toml(TOKENS))
 

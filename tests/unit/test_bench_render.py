@@ -97,7 +97,24 @@ def hot_paths() -> dict[str, Any]:
     return head | {"filler_assets": 100, "storage": storage}
 
 
-RESULTS = {"thumbnails": thumbnails, "bundles": bundles, "progress": progress, "hot_paths": hot_paths}
+def soak() -> dict[str, Any]:
+    def sample(at: float, server_rss_mib: int) -> dict[str, Any]:
+        processes = [{"pid": 1, "rss": server_rss_mib * 2**20, "open_files": 30}]
+        processes.append({"pid": 2, "rss": 70 * 2**20, "open_files": 11})
+        return {"at_seconds": at, "processes": processes}
+
+    parameters = {"minutes": 1, "clients": 4, "writes_per_second": 2.0, "mix": {"GetAsset": 100}}
+    rpcs = {"GetAsset": {"calls": 100, "p50_ms": 1.0, "p99_ms": 5.0, "codes": {"OK": 99, "INTERNAL": 1}}}
+    return run(
+        parameters=parameters,
+        rpcs=rpcs,
+        samples=[sample(0, 100), sample(60, 200)],  # the server grew past the bound
+        bounds={"rss_growth_mib": 64, "open_files_growth": 10},
+        unexpected_errors={"GetAsset INTERNAL": 1},
+    )
+
+
+RESULTS = {"thumbnails": thumbnails, "bundles": bundles, "progress": progress, "hot_paths": hot_paths, "soak": soak}
 
 
 def test_every_renderer_has_a_hand_made_result() -> None:

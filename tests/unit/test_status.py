@@ -68,5 +68,16 @@ def test_a_flood_of_violations_gives_a_short_reply() -> None:
     listed = violations(status)
     assert len(listed) == MAX_VIOLATIONS + 1 and listed[-1][1] == "and 99,980 more violations"
     assert all(len(f) + len(d) < 400 for f, d in listed)
-    assert len(status.message) <= MAX_MESSAGE
+    assert len(status.message.encode()) <= MAX_MESSAGE
     assert len(status.SerializeToString()) < 8 * 1024
+
+
+def test_non_ascii_input_counts_in_bytes() -> None:
+    """Keys made of emoji: 4 bytes a character, and percent- or base64-encoded in the trailer."""
+    emoji = "\U0001f600" * 5_000
+    exc = InvalidArgument([(f"only[{i}]", f"unknown key {quote(emoji)}; {emoji[:300]}") for i in range(50)])
+    status = to_status(exc)
+    assert len(status.message.encode()) <= MAX_MESSAGE
+    assert len(status.SerializeToString()) < 5 * 1024
+    assert violations(status)[-1][1].startswith("and ")
+    assert quote(emoji).isascii()
