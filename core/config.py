@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,18 @@ def _host_port(value: str) -> str | None:
     _host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         return f"must be host:port (port 0-65535) or unix:PATH, got {value!r}"
+    return None
+
+
+def _listen_or_off(value: str) -> str | None:
+    return None if value == "" else _host_port(value)
+
+
+def _link_keys(value: str) -> str | None:
+    for entry in split_list(value):
+        kid, sep, secret = entry.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9._-]{1,32}", kid) or len(secret) < 16:
+            return "each entry must be KEY_ID=SECRET (id: letters, digits, . _ -; secret: at least 16 characters)"
     return None
 
 
@@ -114,6 +127,14 @@ class Settings:
     tls_cert: str = field(default="", metadata={"env": "DERIVATIVES_TLS_CERT"})
     tls_key: str = field(default="", metadata={"env": "DERIVATIVES_TLS_KEY"})
     tls_client_ca: str = field(default="", metadata={"env": "DERIVATIVES_TLS_CLIENT_CA"})
+    # The HTTP face for browsers (docs/browser.md): host:port, or empty for none.
+    http_listen: str = field(
+        default="127.0.0.1:8080", metadata={"env": "DERIVATIVES_HTTP_LISTEN", "check": _listen_or_off}
+    )
+    # Keys that sign browser download links: KEY_ID=SECRET, comma-separated (several: rotation).
+    link_keys: str = field(default="", metadata={"env": "DERIVATIVES_LINK_KEYS", "check": _link_keys})
+    # Origins (https://site.example) whose pages may call the HTTP face (CORS), comma-separated; "*" for any.
+    http_cors_origins: str = field(default="", metadata={"env": "DERIVATIVES_HTTP_CORS_ORIGINS"})
     # Server reflection (grpcurl without proto files); open to anyone who reaches the port.
     reflection: bool = field(default=True, metadata={"env": "DERIVATIVES_REFLECTION"})
     # Where PutAsset's storage_ref may copy from: "bucket" or "bucket/prefix", comma-separated; empty = nowhere.

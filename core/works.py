@@ -47,3 +47,7 @@ class Works:
                 raise NotFound(f"work {work_id!r} not found", Reason.WORK_NOT_FOUND, work_id=work_id)
             members = await self.db.fetchall("list_work_members", conn, work_id=work_id)
         return Work.from_row(row, [m["asset_id"] for m in members])
+
+    async def recent(self, limit: int = 100) -> list[tuple[str, str]]:
+        """(work_id, title) of the works changed most recently first."""
+        return [(r["work_id"], r["title"]) for r in await self.db.fetchall("recent_works", limit=limit)]

@@ -15,6 +15,7 @@ from core.host import Host, registry_or_exit
 from core.logs import configure_logging
 from server.auth import Security
 from server.grpc_role import GrpcRole
+from server.http_role import HttpRole
 from worker.host import base_roles, runner_roles
 
 
@@ -24,7 +25,8 @@ def main() -> None:
     registry = registry_or_exit(settings)  # a bad file stops start-up, before anything runs
     security = Security.plan(settings)  # so does a bad tokens file, or no credentials off loopback
     # The roles are made here, before the event loop: the runner's pool is spawned now.
-    roles = [*base_roles(settings), GrpcRole(security), *runner_roles(settings, settings.workers)]
+    http = [HttpRole(security)] if settings.http_listen else []
+    roles = [*base_roles(settings), GrpcRole(security), *http, *runner_roles(settings, settings.workers)]
     asyncio.run(Host(settings, registry, roles, name="derivatives-server").run())
 
 

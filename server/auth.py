@@ -215,6 +215,7 @@ class Security:
         """From the settings, or SystemExit with a message saying how to configure it."""
         loopback = is_loopback(settings.listen)
         tls = _server_credentials(settings)
+        _check_http(settings, tls is not None)
         if settings.auth == "none":
             if not loopback:
                 log.warning("DERIVATIVES_AUTH=none: anyone who reaches %s may call every RPC", settings.listen)
@@ -250,6 +251,23 @@ class Security:
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         return [] if self.credentials is None else [AuthInterceptor(self.credentials, self.any_client_certificate)]
+
+
+def _check_http(settings: Settings, tls: bool) -> None:
+    """The HTTP listener follows the gRPC rules off loopback: credentials configured, TLS for tokens."""
+    if not settings.http_listen or is_loopback(settings.http_listen) or settings.auth == "none":
+        return
+    if not settings.link_keys and not settings.tokens_file:
+        raise SystemExit(
+            f"refusing to serve HTTP on {settings.http_listen} without credentials: it is not a loopback address. "
+            "Set DERIVATIVES_LINK_KEYS (signed browser links) or DERIVATIVES_TOKENS_FILE, see docs/browser.md; "
+            "or DERIVATIVES_HTTP_LISTEN= (empty) to serve no HTTP."
+        )
+    if settings.tokens_file and not tls and not settings.allow_plaintext_tokens:
+        raise SystemExit(
+            f"refusing bearer tokens over plaintext HTTP on {settings.http_listen}: set DERIVATIVES_TLS_CERT and "
+            "DERIVATIVES_TLS_KEY, or DERIVATIVES_ALLOW_PLAINTEXT_TOKENS=1 (behind a TLS-terminating proxy)."
+        )
 
 
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

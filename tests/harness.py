@@ -333,6 +333,7 @@ class ServerProcess:
         env["DERIVATIVES_LISTEN"] = self.address
         env.setdefault("DERIVATIVES_HEALTH_INTERVAL", "0.5")
         env.setdefault("DERIVATIVES_PROGRESS_HEARTBEAT", "0.5")
+        env.setdefault("DERIVATIVES_HTTP_LISTEN", "")  # the HTTP face only where a test asks for it (a port of its own)
         return env
 
     def start(self, wait_serving: bool = True) -> ServerProcess:

@@ -349,3 +349,6 @@ SELECT EXISTS (
     SELECT 1 FROM bundles
     WHERE bucket = %(bucket)s AND object_key COLLATE "C" = %(object_key)s AND status = 'in_progress'
 ) AS found;
+
+-- name: recent_works
+SELECT work_id, title FROM works ORDER BY updated_at DESC, work_id LIMIT %(limit)s;
