@@ -10,6 +10,7 @@ import re
 import secrets
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +19,7 @@ from google.protobuf import json_format
 from tqdm import tqdm
 
 from client.client import Client, ClientError
+from client.links import sign_link
 from derivatives.v1 import derivatives_pb2 as pb
 
 
@@ -188,6 +190,18 @@ def new_token(name: str, scopes: list[str]) -> int:
     return 0
 
 
+def sign_link_command(args: argparse.Namespace) -> int:
+    """A link signed with the first key of DERIVATIVES_LINK_KEYS (KEY_ID=SECRET,...), as the server reads it."""
+    keys = [k.strip() for k in os.environ.get("DERIVATIVES_LINK_KEYS", "").split(",") if k.strip()]
+    if not keys or "=" not in keys[0]:
+        print("set DERIVATIVES_LINK_KEYS=KEY_ID=SECRET (the server's setting) to sign links", file=sys.stderr)
+        return 2
+    key_id, _, secret = keys[0].partition("=")
+    expires = int(time.time() + args.hours * 3600)
+    print(sign_link(args.base, args.work_id, "pdf" if args.pdf else "zip", key_id, secret, expires))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="derivatives", description=__doc__)
     parser.add_argument(
@@ -250,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-derivatives", action="store_true")
     p.set_defaults(func=put)
 
+    p = commands.add_parser("sign-link", help="print a signed browser download link for a work (docs/browser.md)")
+    p.add_argument("work_id")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pdf", action="store_true")
+    which.add_argument("--zip", action="store_true")
+    p.add_argument("--base", default=env("DERIVATIVES_HTTP_BASE", "http://127.0.0.1:8080"), help="the HTTP face's URL")
+    p.add_argument("--hours", type=float, default=24.0, help="valid for this long (default %(default)s)")
+    p.set_defaults(func=None)
+
     p = commands.add_parser("gc", help="delete stored objects no row references (admin scope), and wait")
     p.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     p.set_defaults(func=gc)
@@ -267,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "token":
         return new_token(args.name, _split([args.scopes]))
+    if args.command == "sign-link":
+        return sign_link_command(args)
     try:
         with Client(
             args.address, token=args.token, ca_file=args.ca, cert_file=args.cert, key_file=args.key, tls=args.tls

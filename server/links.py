@@ -6,7 +6,8 @@ A link names a work, a kind, an expiry and the key id, and carries
     sig = base64url_nopad(HMAC-SHA256(secret, "derivatives-link-v1\\n{work_id}\\n{kind}\\n{expires}\\n{kid}"))
 
 as `/v1/works/{work_id}/bundles/{kind}?expires={unix seconds}&kid={kid}&sig={sig}`. docs/browser.md
-specifies it with a test vector; `sign_link` is the reference implementation.
+specifies it with a test vector, which the tests check against this verifier and against the reference
+signer sites use (client/links.py, also `derivatives sign-link`).
 """
 
 from __future__ import annotations
