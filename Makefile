@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The browser tests (tests/browser) drive Debian's Chromium through Playwright: installed when missing.
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: run worker test unit integration drills lint fmt typecheck protos check-protos bench clean
+.PHONY: run worker test unit integration drills lint fmt typecheck protos check-protos bench screenshot clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +21,14 @@ run: $(STAMP)  ## serve on 127.0.0.1:50051 with embedded Postgres and filesystem
 worker: $(STAMP)  ## a standalone worker host (needs DATABASE_URL and shared storage)
 	$(PY) -m worker
 
-test: $(STAMP) check-protos lint typecheck  ## the whole suite
+test: $(STAMP) $(CHROMIUM) check-protos lint typecheck  ## the whole suite
 	$(PY) -m pytest -q -ra
+
+$(CHROMIUM):
+	apt-get update -qq && apt-get install -y -qq chromium
+
+screenshot: $(STAMP) $(CHROMIUM)  ## docs/download-dialog.png: the demo page's download dialog during a build
+	$(PY) -m tests.browser.screenshot docs/download-dialog.png
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

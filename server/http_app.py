@@ -215,18 +215,23 @@ class HttpApp:
         """Without JavaScript: start the bundle, refresh until it is built, then go to the file."""
         try:
             bundle = await self._find_or_create(request)
-        except Exception as exc:
+        except Exception as exc:  # the page's links then point back at the link: "Check now" tries again
             body = json.loads(bytes(error_response(exc).body))["error"]
-            return self._page("Download failed", body["message"], "", "", status=body["status"])
+            here = str(request.url)
+            return self._page("Download failed", body["message"], "", "", status=body["status"], retry=here)
         file_url = f"/v1/bundles/{bundle.bundle_id}/file"
         if bundle.status is BundleStatus.SUCCESS:
             return RedirectResponse(file_url, status_code=303)
         if bundle.status is BundleStatus.ERROR:
-            return self._page("Download failed", bundle.error or "the bundle could not be made", "", "")
+            reason = bundle.error or "the bundle could not be made"
+            return self._page("Download failed", reason, "", "", retry=str(request.url))
         message = f"Preparing {bundle.done} of {bundle.total} pages" if bundle.total else "Preparing the download"
         return self._page(bundle.filename or "Preparing", message, str(request.url), file_url)
 
-    def _page(self, title: str, message: str, refresh_url: str, file_url: str, status: int = 200) -> Response:
+    def _page(
+        self, title: str, message: str, refresh_url: str, file_url: str, status: int = 200, retry: str = ""
+    ) -> Response:
+        """The no-JavaScript page: reloads `refresh_url` while preparing; a failure links `retry` instead."""
         template = _static("wait.html") or (
             "<!doctype html><html lang=en><head><meta charset=utf-8><title>{title}</title>{refresh}</head>"
             "<body><h1>{title}</h1><p>{message}</p></body></html>"
@@ -239,8 +244,8 @@ class HttpApp:
         fields = {
             "title": html.escape(title),
             "message": html.escape(message),
-            "refresh_url": html.escape(refresh_url),
-            "file_url": html.escape(file_url),
+            "refresh_url": html.escape(refresh_url or retry),
+            "file_url": html.escape(file_url or retry),
             "refresh": refresh,
         }
         text = template
