@@ -229,3 +229,32 @@ def test_the_script_cors_and_the_demo_page(http: Http) -> None:
     status, _, page = call(f"{http.base}/")
     assert (status == 200 and work_id.encode() in page) or b"Field notes" in page
     assert b'src="/downloader.js"' in page and b"data-derivatives-download" in page
+
+
+def test_on_s3_the_file_is_a_redirect_to_a_presigned_download(
+    request: pytest.FixtureRequest, postgres: Postgres, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = server_env(
+        "s3",
+        postgres.new_database("https3"),
+        tmp_path / "data",
+        request.getfixturevalue("s3"),
+        DERIVATIVES_HTTP_LISTEN=f"127.0.0.1:{port}",
+        DERIVATIVES_LINK_KEYS=f"{KEY_ID}={SECRET}",
+    )
+    server = ServerProcess(env, tmp_path / "server.log").start()
+    try:
+        with server.channel() as channel:
+            h = Http(server, f"http://127.0.0.1:{port}", pb_grpc.DerivativeServiceStub(channel))
+            work_id = make_work(h, 2)
+            bundle = json.loads(call(h.link(work_id, "zip"), "POST")[2])
+            assert events(f"{h.base}/v1/bundles/{bundle['bundleId']}/events")[-1][1]["stage"] == "STAGE_SUCCEEDED"
+            status, headers, _ = call(f"{h.base}/v1/bundles/{bundle['bundleId']}/file")
+            assert status == 302 and headers["location"].startswith("http://127.0.0.1")
+            with urllib.request.urlopen(headers["location"], timeout=60) as response:
+                data = response.read()
+                assert "attachment" in response.headers["content-disposition"]
+            assert zipfile.ZipFile(io.BytesIO(data)).testzip() is None
+    finally:
+        assert server.stop() == 0, server.tail()
