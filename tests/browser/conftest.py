@@ -1,4 +1,4 @@
-"""Fixtures of the browser tests: one server with its HTTP face per module, one Chromium per session."""
+"""Fixtures of the browser tests: one server with its HTTP face and one Chromium per module."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from tests.browser.support import RECORDER, TIMEOUT_MS, HttpServer, Site, launch
 from tests.harness import Postgres
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # Module scope, not session: while Playwright's sync API runs, its event loop is the main thread's, and
+    # every later test's asyncio.run() would fail ("cannot be called from a running event loop").
     expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as playwright:
         chromium = launch(playwright)
