@@ -180,6 +180,20 @@ class Credentials:
         except (OSError, ValueError) as exc:
             log.error("tokens file %s not reloaded, keeping the previous credentials: %s", self.path, exc)
 
+    def from_header(self, header: str) -> Principal:
+        """The principal of an `authorization: Bearer <token>` value (gRPC metadata or an HTTP header)."""
+        scheme, _, token = header.partition(" ")
+        principal = self.bearer(token.strip()) if scheme.lower() == "bearer" else None
+        if principal is None:
+            raise Unauthenticated("unknown bearer token", Reason.CREDENTIALS_INVALID)
+        return principal
+
+    def require(self, principal: Principal, scope: Scope) -> None:
+        if scope not in principal.scopes:
+            raise PermissionDenied(
+                f"{principal.name} lacks the {scope.value!r} scope this call needs", Reason.SCOPE_REQUIRED, scope=scope
+            )
+
     def bearer(self, token: str) -> Principal | None:
         digest = token_digest(token)
         found = None
@@ -309,11 +323,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.credentials.refresh()
         header = _bearer(context.invocation_metadata())
         if header is not None:
-            scheme, _, token = header.partition(" ")
-            principal = self.credentials.bearer(token.strip()) if scheme.lower() == "bearer" else None
-            if principal is None:
-                raise Unauthenticated("unknown bearer token", Reason.CREDENTIALS_INVALID)
-            return principal
+            return self.credentials.from_header(header)
         subjects = _subjects(context)
         if subjects:
             for subject in subjects:
@@ -332,11 +342,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def check(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         """The caller's name, or a domain error (UNAUTHENTICATED, PERMISSION_DENIED)."""
         principal = self.authenticate(context)
-        scope = SCOPES.get(method.removeprefix(SERVICE), Scope.ADMIN)
-        if scope not in principal.scopes:
-            raise PermissionDenied(
-                f"{principal.name} lacks the {scope.value!r} scope this call needs", Reason.SCOPE_REQUIRED, scope=scope
-            )
+        self.credentials.require(principal, SCOPES.get(method.removeprefix(SERVICE), Scope.ADMIN))
         return principal.name
 
     async def _admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:

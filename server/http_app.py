@@ -34,7 +34,7 @@ from starlette.routing import Route
 from core import logs
 from core.config import Settings, split_list
 from core.domain import Domain
-from core.errors import InvalidArgument, PermissionDenied, Reason, Unauthenticated
+from core.errors import InvalidArgument
 from core.ids import check_caller_id, require_uuid
 from core.records import Bundle, BundleKind, BundleStatus
 from server import convert
@@ -131,12 +131,8 @@ class HttpApp:
         header = request.headers.get("authorization")
         credentials = self.security.credentials
         if header is not None and credentials is not None:
-            scheme, _, token = header.partition(" ")
-            principal = credentials.bearer(token.strip()) if scheme.lower() == "bearer" else None
-            if principal is None:
-                raise Unauthenticated("unknown bearer token", Reason.CREDENTIALS_INVALID)
-            if Scope.READ not in principal.scopes:
-                raise PermissionDenied(f"{principal.name} lacks the 'read' scope", Reason.SCOPE_REQUIRED, scope="read")
+            principal = credentials.from_header(header)
+            credentials.require(principal, Scope.READ)
             return principal.name
         q = request.query_params
         self.links.verify(work_id, kind, q.get("expires", ""), q.get("kid", ""), q.get("sig", ""))
