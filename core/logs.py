@@ -26,5 +26,5 @@ def configure_logging(level: str) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, _PrincipalFilter) for f in handler.filters):
             handler.addFilter(_PrincipalFilter())
-    for noisy in ("pgserver", "pyvips"):  # they log every subprocess and deprecation at INFO
+    for noisy in ("pgserver", "pyvips", "uvicorn.error"):  # subprocesses, deprecations, a second start-up banner
         logging.getLogger(noisy).setLevel(logging.WARNING)
