@@ -18,6 +18,9 @@ from server.service import DerivativeService
 
 log = logging.getLogger("derivatives.server")
 
+# grpcio sets SO_REUSEPORT by default: a second server on the same port would start silently and take half
+# the connections. Off: the second one fails to bind and says so.
+NO_REUSEPORT = [("grpc.so_reuseport", 0)]
 KEEPALIVE = [
     # Long-lived WatchProgress streams: ping idle connections, tolerate client pings.
     ("grpc.keepalive_time_ms", 60_000),
@@ -46,6 +49,7 @@ class GrpcRole:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 *KEEPALIVE,
+                *NO_REUSEPORT,
             ],
         )
         derivatives_pb2_grpc.add_DerivativeServiceServicer_to_server(DerivativeService(domain), server)
@@ -60,12 +64,15 @@ class GrpcRole:
                 ],
                 server,
             )
-        if security.server_credentials is not None:
-            port = server.add_secure_port(settings.listen, security.server_credentials)
-        else:
-            port = server.add_insecure_port(settings.listen)
+        try:
+            if security.server_credentials is not None:
+                port = server.add_secure_port(settings.listen, security.server_credentials)
+            else:
+                port = server.add_insecure_port(settings.listen)
+        except RuntimeError:  # grpcio raises when the address is taken
+            port = 0
         if port == 0:
-            raise SystemExit(f"cannot listen on {settings.listen}")
+            raise SystemExit(f"cannot listen on {settings.listen}: is another server running there?")
         await asyncio.to_thread(domain.assets.sweep_tmp)  # this process takes the uploads
         self.monitor = monitor
         await monitor.start()  # the first probe also creates the buckets
