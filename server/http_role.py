@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -24,6 +25,15 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield  # the host handles SIGTERM/SIGINT
+
+
+async def _serve(server: uvicorn.Server, sock: socket.socket) -> None:
+    """uvicorn's serve(); a sys.exit() in it becomes an ordinary error (a SystemExit raised in a task would
+    stop the event loop at once, with the host's shutdown half done)."""
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit as exc:
+        raise RuntimeError(f"the HTTP server exited ({exc.code})") from None
 
 
 class HttpRole:
@@ -51,11 +61,15 @@ class HttpRole:
             **tls,  # type: ignore[arg-type]
         )
         server = _Server(config)
-        self._task = asyncio.create_task(server.serve(), name="http")
+        try:  # bound here, not by uvicorn: its failure to bind is a sys.exit() inside a task, which stops the loop
+            sock = socket.create_server((config.host, config.port))
+        except OSError as exc:
+            raise SystemExit(f"cannot listen on {settings.http_listen} (HTTP): {exc.strerror}") from None
+        self._task = asyncio.create_task(_serve(server, sock), name="http")
         while not server.started:
-            if self._task.done():  # e.g. the port is taken
-                self._task.result()
-                raise SystemExit(f"cannot listen on {settings.http_listen} (HTTP)")
+            if self._task.done():
+                self._task.result()  # its error, as an Exception (never SystemExit: see _serve)
+                raise SystemExit(f"the HTTP server on {settings.http_listen} stopped during start-up")
             await asyncio.sleep(0.02)
         self.server = server
         scheme = "https" if tls else "http"
