@@ -152,7 +152,8 @@ class Reclaimer:
                 if obj.key == MARKER:
                     continue
                 report.listed += 1
-                while ref is not None and ref.encode() < obj.key.encode():
+                key_bytes = obj.key.encode(errors="surrogateescape")  # a file name need not be UTF-8
+                while ref is not None and ref.encode() < key_bytes:
                     ref = await _next_key(rows)
                 if ref == obj.key:
                     report.referenced += 1

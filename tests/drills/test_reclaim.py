@@ -302,3 +302,23 @@ def test_a_sweep_racing_uploads_takes_none_of_them_within_the_grace(
             assert _stored(server)[0] == _rows(env)
     finally:
         assert server.stop() == 0, server.tail()
+
+
+def test_a_file_name_that_is_not_utf8_is_foreign_not_a_crash(
+    request: pytest.FixtureRequest, postgres: Postgres, tmp_path: Path
+) -> None:
+    server = _start(_env(request, postgres, tmp_path, "file", grace="0"), tmp_path / "server.log")
+    try:
+        with server.channel() as channel:  # a referenced key, so the walk compares the odd name with it
+            derivatives_pb2_grpc.DerivativeServiceStub(channel).PutAsset(
+                pb.PutAssetRequest(asset_id="a", data=images.png(20, 20), skip_derivatives=True)
+            )
+        settings = server.settings
+        folder = settings.data_path / "storage" / settings.bucket_originals / "x"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / os.fsdecode(b"caf\xe9.bin")).write_bytes(b"latin-1 name")
+        total = _sweep(server)
+        assert total.foreign == 1 and total.orphans == 0
+        assert (folder / os.fsdecode(b"caf\xe9.bin")).exists()
+    finally:
+        assert server.stop() == 0, server.tail()
