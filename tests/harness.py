@@ -343,6 +343,9 @@ class ServerProcess:
             )
         if wait_serving:
             self.wait_health("SERVING")
+            http = self.full_env.get("DERIVATIVES_HTTP_LISTEN", "")
+            if http:  # the HTTP role starts after the gRPC one, whose health already says SERVING
+                wait_for_port(int(http.rpartition(":")[2]), timeout=60)
         return self
 
     def health(self, timeout: float = 2.0) -> str:

@@ -22,7 +22,7 @@ from playwright.sync_api import Browser, Playwright
 from derivatives.v1 import derivatives_pb2 as pb
 from derivatives.v1.derivatives_pb2_grpc import DerivativeServiceStub
 from tests import images
-from tests.harness import Postgres, ServerProcess, free_port, server_env, wait_for_port
+from tests.harness import Postgres, ServerProcess, free_port, server_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 LINK_KEY_ID = "k1"
@@ -91,12 +91,7 @@ def start_server(postgres: Postgres, directory: Path, cors_origins: str = "") ->
         DERIVATIVES_LINK_KEYS=f"{LINK_KEY_ID}={LINK_SECRET}",
         DERIVATIVES_HTTP_CORS_ORIGINS=cors_origins,
     )
-    process = ServerProcess(env, directory / "server.log").start()
-    try:
-        wait_for_port(port, timeout=60)
-    except BaseException:
-        process.stop()
-        raise
+    process = ServerProcess(env, directory / "server.log").start()  # waits for the HTTP port too
     return HttpServer(process, f"http://127.0.0.1:{port}")
 
 

@@ -246,25 +246,30 @@ def test_the_sweep_leaves_foreign_and_young_objects_alone(
 def test_a_sweep_racing_uploads_takes_none_of_them_within_the_grace(
     request: pytest.FixtureRequest, postgres: Postgres, tmp_path: Path, grace: str
 ) -> None:
-    """Uploads held 5 s between their upload and their commit while sweeps run back to back. With the
+    """Uploads held 5 s between their upload and their commit while sweeps run back to back (counted: the
+    sweeps between the first object seen in storage and the first commit). With the
     grace period, every asset keeps its original; with none, the race is real: the sweep takes
     uploads whose rows were on their way (the reason the grace exists, and has a floor of 10 minutes)."""
     env = _with(_env(request, postgres, tmp_path, "file", grace=grace), "original_stored~5")
     server = _start(env, tmp_path / "server.log")
     try:
         ids = [f"race-{i}" for i in range(6)]
-        uploading = threading.Event()
+        storage, settings = server.storage(), server.settings
+        stored = threading.Event()  # an upload's object is in storage, its commit held back
+        committed = threading.Event()  # the first commit is done: the window is over
         done = threading.Event()
-        during: list[pb.ReclaimStorageResponse] = []  # sweeps that ran wholly while the uploads were held
+        during: list[pb.ReclaimStorageResponse] = []  # sweeps wholly inside the window
         errors: list[BaseException] = []
 
         def sweeping() -> None:
             try:
                 with Client(server.address) as client:
                     while not done.is_set():
-                        started_while_held = uploading.is_set()
+                        started_in_window = stored.is_set() and not committed.is_set()
                         reports = list(client.reclaim_storage())
-                        if started_while_held and not done.is_set():
+                        if (reports[-1].young or reports[-1].orphans) and not committed.is_set():
+                            stored.set()  # a held upload, seen by the sweep (with no grace it is gone already)
+                        if started_in_window and not committed.is_set():
                             during.append(reports[-1])
                         time.sleep(0.05)
             except BaseException as exc:  # shown by the test, not lost in the thread
@@ -274,18 +279,20 @@ def test_a_sweep_racing_uploads_takes_none_of_them_within_the_grace(
         sweeper.start()
         with server.channel() as channel:
             stub = derivatives_pb2_grpc.DerivativeServiceStub(channel)
-            uploads = [
-                threading.Thread(
-                    target=stub.PutAsset,
-                    args=(pb.PutAssetRequest(asset_id=a, data=images.png(64, 48), skip_derivatives=True),),
-                    kwargs={"timeout": 60},
-                )
-                for a in ids
-            ]
+
+            def upload(asset_id: str) -> None:
+                request = pb.PutAssetRequest(asset_id=asset_id, data=images.png(64, 48), skip_derivatives=True)
+                stub.PutAsset(request, timeout=60)
+                committed.set()
+
+            uploads = [threading.Thread(target=upload, args=(a,)) for a in ids]
             for t in uploads:
                 t.start()
-            time.sleep(0.5)  # the uploads are stored by now and held for 5 s before their commits
-            uploading.set()
+            deadline = time.monotonic() + 60
+            while not stored.is_set() and not any(storage.list(settings.bucket_originals, "race-")):
+                assert time.monotonic() < deadline and not committed.is_set(), "no upload was ever held"
+                time.sleep(0.01)  # seen, not assumed
+            stored.set()
             for t in uploads:
                 t.join(90)
             assert not any(t.is_alive() for t in uploads)
@@ -293,7 +300,6 @@ def test_a_sweep_racing_uploads_takes_none_of_them_within_the_grace(
         sweeper.join(60)
         assert not errors, errors
         assert len(during) >= 3, f"only {len(during)} sweeps ran while the uploads were held"
-        storage, settings = server.storage(), server.settings
         missing = [asset_id for asset_id in ids if not any(storage.list(settings.bucket_originals, asset_id + "/"))]
         if grace == "0":
             assert missing, "no upload was taken: the race never happened, the drill proves nothing"
