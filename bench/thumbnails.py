@@ -65,7 +65,6 @@ WIDTH, HEIGHT = 6000, 4000
 THUMB_WIDTH = 500
 THUMB_KEY = "thumb_500"
 PROCESSES = 2  # one per core on the 2-core benchmark machine
-MAX_PIXELS = 200_000_000
 # 48 originals x 5 repetitions: each timed run lasts a few seconds, long enough to ride out a shared
 # machine's hiccups (at 24 x 3 the same loop varied by 40% between repetitions).
 DEFAULT_IMAGES, DEFAULT_REPS, DECODE_REPS = 48, 5, 3
@@ -229,15 +228,16 @@ def vipsthumbnail_cli(src: str, dst: str) -> Timed:
 
 def render_all_thumbnail(src: str, dst: str) -> Timed:
     """The service's imaging code (header read, one decode, colour handling, sha512) on a local file."""
+    from core.config import Settings
     from core.definitions import Definition
     from core.derivatives import Failed
-    from worker.imaging import render_all
+    from worker.imaging import Limits, render_all
 
     definition = Definition(key=THUMB_KEY, content_types=("image",), max_width=THUMB_WIDTH, thumbnail_mode=True)
     content_type = "image/jpeg" if src.endswith(".jpg") else "image/tiff"
     with tempfile.TemporaryDirectory(prefix="bench-render-", dir=WORK) as tmp:
         start = time.perf_counter()
-        (result,) = render_all(Path(src), content_type, [definition], Path(tmp), MAX_PIXELS)
+        (result,) = render_all(Path(src), content_type, [definition], Path(tmp), Limits.from_settings(Settings()))
         elapsed = time.perf_counter() - start
     return elapsed, [] if isinstance(result, Failed) else [(result.width, result.height)]
 
@@ -254,12 +254,13 @@ def worker_task(asset: Asset, definitions: tuple[Definition, ...]) -> Timed:
 
 def time_render_all(src: str, content_type: str, definitions: tuple[Definition, ...]) -> tuple[float, list[str]]:
     """Seconds for one render_all call of these definitions, and what was wrong with its output."""
+    from core.config import Settings
     from core.derivatives import Failed
-    from worker.imaging import render_all
+    from worker.imaging import Limits, render_all
 
     with tempfile.TemporaryDirectory(prefix="bench-decode-", dir=WORK) as tmp:
         start = time.perf_counter()
-        results = render_all(Path(src), content_type, list(definitions), Path(tmp), MAX_PIXELS)
+        results = render_all(Path(src), content_type, list(definitions), Path(tmp), Limits.from_settings(Settings()))
         elapsed = time.perf_counter() - start
     problems = []
     for d, r in zip(definitions, results, strict=True):

@@ -18,7 +18,6 @@ fails that original with `OUT_OF_MEMORY`, and the process goes on.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import math
@@ -133,18 +132,15 @@ def render_all(
     content_type: str,
     definitions: list[Definition],
     out_dir: Path,
-    limits: Limits | int,
+    limits: Limits,
     render_dpi: float = 150.0,
 ) -> list[Rendered | Failed]:
     """Make every definition's derivative from ONE decode of the original (two for a streamed one).
 
-    `limits` is checked against the header first; a bare int is max_pixels, the other limits
-    at their defaults (bench/thumbnails.py passes one). `render_dpi` is the resolution a PDF
+    `limits` is checked against the header first. `render_dpi` is the resolution a PDF
     original's page is rasterized at for a full-size derivative (DERIVATIVES_PDF_RENDER_DPI).
     Returns one entry per definition, in order.
     """
-    if isinstance(limits, int):
-        limits = dataclasses.replace(Limits.from_settings(Settings()), max_pixels=limits)
     results: dict[int, Rendered | Failed] = {}
     groups: dict[str, list[tuple[int, Definition]]] = {"jpeg": [], "pdf_page_jpeg": []}
     for i, definition in enumerate(definitions):

@@ -641,13 +641,3 @@ def test_svg_include_is_a_real_leak_when_the_loader_is_allowed(tmp_path: Path) -
         pyvips.operation_block_set("VipsForeignLoadSvg", True)
     assert clean.crop(0, 0, 80, 80).min() == 255  # white where the neighbour would be
     assert leaked.crop(0, 0, 80, 80).min() < 200  # the neighbour picture, drawn
-
-
-def test_int_limits_are_max_pixels_alone(tmp_path: Path, out_dir: Path) -> None:
-    """bench/thumbnails.py passes max_pixels as a bare int."""
-    original = tmp_path / "o.jpg"
-    original.write_bytes(images.jpeg(600, 400))
-    [ok] = render_all(original, "image/jpeg", [Definition("t", max_width=100)], out_dir, MAX_PIXELS)
-    [refused] = render_all(original, "image/jpeg", [Definition("t", max_width=100)], out_dir, 1000)
-    assert isinstance(ok, Rendered)
-    assert refused == Failed("t", "original is 600x400 = 240000 pixels, over the limit of 1000")
