@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The browser tests (tests/browser) drive Debian's Chromium through Playwright: installed when missing.
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run worker test unit integration drills lint fmt typecheck protos check-protos bench screenshot clean
+.PHONY: run worker cluster test unit integration drills lint fmt typecheck protos check-protos bench screenshot clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ run: $(STAMP)  ## serve on 127.0.0.1:50051 with embedded Postgres and filesystem
 
 worker: $(STAMP)  ## a standalone worker host (needs DATABASE_URL and shared storage)
 	$(PY) -m worker
+
+# docs/deployment.md on one machine: a server host with SERVING processes, WORKER_HOSTS worker hosts, one Postgres.
+SERVING ?= 2
+WORKER_HOSTS ?= 2
+cluster: $(STAMP)
+	$(PY) scripts/local_cluster.py --serving $(SERVING) --worker-hosts $(WORKER_HOSTS)
 
 test: $(STAMP) $(CHROMIUM) check-protos lint typecheck  ## the whole suite
 	$(PY) -m pytest -q -ra
@@ -83,6 +89,8 @@ bench: $(STAMP)  ## benchmarks (minutes; baselines need Debian's vipsthumbnail a
 	command -v vipsthumbnail >/dev/null && command -v zip >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq libvips-tools zip)
 	$(PY) -m bench.thumbnails
+	$(PY) -m bench.thumbnails --size 4000x3000 --formats jpeg --images 64 --no-decode
+	$(PY) -m bench.throughput
 	$(PY) -m bench.bundles
 	$(PY) -m bench.progress
 	$(PY) -m bench.hot_paths

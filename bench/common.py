@@ -307,14 +307,15 @@ def spawn_pool(processes: int, initializer: Callable[..., None] | None = None, *
 
 @contextmanager
 def running_server(
-    service_dir: Path, log_copy: str, definitions_toml: str = "", **extra_env: str
+    service_dir: Path, log_copy: str, definitions_toml: str = "", checkout: Path = ROOT, **extra_env: str
 ) -> Iterator[ServerProcess]:
     """Embedded Postgres + `python -m server` on filesystem storage under `service_dir` (wiped first).
 
     `definitions_toml`, when given, is written to `service_dir`/definitions.toml and used as the
     server's DERIVATIVES_DEFINITIONS. Health is checked every 2 s (the production default, not the
     tests' 0.5 s) unless `extra_env` says otherwise. Both processes are stopped on the way out,
-    `service_dir` is removed, and the server log is copied to bench/.work/`log_copy`.
+    `service_dir` is removed, and the server log is copied to bench/.work/`log_copy`. `checkout`: the
+    server of another checkout of the repository (a before/after).
     """
     from tests.harness import Postgres, ServerProcess, server_env
 
@@ -330,7 +331,7 @@ def running_server(
     try:
         postgres = Postgres(service_dir / "pg")
         env = server_env("file", postgres.new_database("bench"), service_dir / "data", None, **extra_env)
-        server = ServerProcess(env, service_dir / "server.log").start()
+        server = ServerProcess(env, service_dir / "server.log", cwd=checkout).start()
         yield server
     finally:
         if server is not None:
@@ -354,6 +355,27 @@ def put_work(client: Client, work_id: str, title: str, members: list[str]) -> No
     from derivatives.v1 import derivatives_pb2 as pb
 
     client.stub.PutWork(pb.PutWorkRequest(work_id=work_id, title=title, member_asset_ids=members))
+
+
+def wait_for_job(client: Client, job_id: str, timeout: float, poll: float = 0.0) -> Any:
+    """The job once it is final (pb.Job): watched (WatchJob, the server pushes its progress) or, with `poll`
+    seconds, polled with GetJob. A watch that ends early, or `timeout` passing, returns the job as it is then
+    (the caller checks its stage)."""
+    from client.client import TERMINAL
+
+    deadline = time.monotonic() + timeout  # only catches a hang
+    if poll <= 0:
+        for event in client.watch(job_id=job_id):
+            if event.HasField("job") and event.job.stage in TERMINAL:
+                return event.job  # the final event carries the job, failures and all
+            if event.stage in TERMINAL or time.monotonic() > deadline:
+                break
+        return client.get_job(job_id)
+    job = client.get_job(job_id)
+    while job.stage not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(poll)
+        job = client.get_job(job_id)
+    return job
 
 
 def upload_files(client: Client, files: list[tuple[str, Path, str]], what: str) -> list[str]:

@@ -10,6 +10,7 @@ the `google.rpc.BadRequest` field violations and, when the server sends one, the
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import tempfile
@@ -35,6 +36,9 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
 ]
+# With several channels, each its own connection (gRPC shares one between channels to the same target otherwise):
+# a server host with several serving processes balances connections, not calls.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 # A dropped WatchProgress stream is reopened this many times in a row, waiting a little longer each time.
 WATCH_RETRIES = 5
 _STATUS_DETAILS = "grpc-status-details-bin"
@@ -138,12 +142,36 @@ def _bundle_kind(kind: str) -> pb.BundleKind:
     return kinds[kind]
 
 
+class _Stubs:
+    """Stubs over `count` channels, one after the other call by call (`channels`, both clients)."""
+
+    def __init__(self, channels: list[Any]) -> None:
+        self.channels = channels
+        self._stubs = itertools.cycle([pb_grpc.DerivativeServiceStub(c) for c in channels])
+
+    def next(self) -> pb_grpc.DerivativeServiceStub:
+        return next(self._stubs)
+
+
+def _open_channels(
+    grpc_module: Any, address: str, credentials: grpc.ChannelCredentials | None, count: int
+) -> list[Any]:
+    if count < 1:
+        raise ValueError(f"channels must be at least 1, got {count}")
+    options = CHANNEL_OPTIONS + (OWN_CONNECTION if count > 1 else [])
+    if credentials is None:
+        return [grpc_module.insecure_channel(address, options=options) for _ in range(count)]
+    return [grpc_module.secure_channel(address, credentials, options=options) for _ in range(count)]
+
+
 class Client:
     """Blocking client. Every call raises ClientError on failure.
 
     `token` is sent as `authorization: Bearer <token>` on every call; `ca_file` (the CA that signed
     the server's certificate) or `tls=True` (the system's CAs) connects with TLS; `cert_file` and
-    `key_file` add a client certificate (mutual TLS).
+    `key_file` add a client certificate (mutual TLS). `channels=N` opens N connections and spreads the
+    calls over them: a server host with several serving processes (DERIVATIVES_SERVER_PROCESSES)
+    balances connections, so one connection would use one of its processes.
     """
 
     def __init__(
@@ -155,17 +183,21 @@ class Client:
         cert_file: str = "",
         key_file: str = "",
         tls: bool = False,
+        channels: int = 1,
     ) -> None:
         credentials = _channel_credentials(ca_file, cert_file, key_file, tls)
-        if credentials is None:
-            self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        else:
-            self.channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
-        self.stub = pb_grpc.DerivativeServiceStub(self.channel)
+        self._stubs = _Stubs(_open_channels(grpc, address, credentials, channels))
+        self.channel: grpc.Channel = self._stubs.channels[0]
         self.metadata = _auth_metadata(token)
 
+    @property
+    def stub(self) -> pb_grpc.DerivativeServiceStub:
+        """The stub of the next channel (each call takes the next one)."""
+        return self._stubs.next()
+
     def close(self) -> None:
-        self.channel.close()
+        for channel in self._stubs.channels:
+            channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -303,7 +335,7 @@ class Client:
 class AsyncClient:
     """asyncio client: the same operations as Client, awaited. Every call raises ClientError on failure.
 
-    The same connection parameters as Client.
+    The same connection parameters as Client (`channels` included).
     """
 
     def __init__(
@@ -315,17 +347,21 @@ class AsyncClient:
         cert_file: str = "",
         key_file: str = "",
         tls: bool = False,
+        channels: int = 1,
     ) -> None:
         credentials = _channel_credentials(ca_file, cert_file, key_file, tls)
-        if credentials is None:
-            self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        else:
-            self.channel = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
-        self.stub = pb_grpc.DerivativeServiceStub(self.channel)
+        self._stubs = _Stubs(_open_channels(grpc.aio, address, credentials, channels))
+        self.channel: grpc.aio.Channel = self._stubs.channels[0]
         self.metadata = _auth_metadata(token)
 
+    @property
+    def stub(self) -> pb_grpc.DerivativeServiceStub:
+        """The stub of the next channel (each call takes the next one)."""
+        return self._stubs.next()
+
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self._stubs.channels:
+            await channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -210,6 +210,11 @@ class Assets:
         row = await self.db.fetchone("get_asset", asset_id=asset_id)
         return Asset.from_row(row) if row is not None else None
 
+    async def find_many(self, asset_ids: Iterable[str]) -> dict[str, Asset]:
+        """The assets of `asset_ids` that exist, by id (one round trip)."""
+        rows = await self.db.fetchall("get_assets", asset_ids=list(asset_ids))
+        return {r["asset_id"]: Asset.from_row(r) for r in rows}
+
     async def get(self, asset_id: str) -> AssetView:
         """The asset, its derivatives (one round trip), and whether every derivative the plan expects exists."""
         row = await self.db.fetchone("get_asset_with_derivatives", asset_id=asset_id)

@@ -22,6 +22,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from core import metrics
 from core.config import Settings
 from core.database import Conn, Database
 from core.definitions import Registry
@@ -299,7 +300,7 @@ class Bundles:
                 else not self._needs_restart(found, missing=None)
             )
             if usable and await self._touch(found):
-                return found
+                return _looked_up(kind, found)
         stored = hot["inputs_checksum"] if current and hot is not None else None
         return await self._find_or_claim(work_id, kind, stored, owner)
 
@@ -324,7 +325,7 @@ class Bundles:
             if not await self._stored(current):
                 missing = current.bundle_id
             elif await self._touch(current):
-                return current
+                return _looked_up(kind, current)
         async with self.db.transaction() as conn:
             locked = await self.db.fetchone("lock_bundle", conn, **where)
             if locked is None:
@@ -342,17 +343,18 @@ class Bundles:
                     job = await self._enqueue_build(conn, bundle_id, len(inputs.members), owner)
                     await self.db.execute("set_bundle_job", conn, bundle_id=bundle_id, job_id=job)
                     log.info("bundle %s: claimed build of %s %s (%s)", bundle_id, work_id, kind, inputs.checksum)
-                    return await self._get_in(conn, bundle_id)
+                    return _looked_up(kind, await self._get_in(conn, bundle_id), claimed=True)
                 locked = await self.db.fetchone("lock_bundle", conn, **where)  # a racing caller claimed it
                 assert locked is not None
             bundle = Bundle.from_row(locked)
-            if self._needs_restart(bundle, missing):
+            claimed = self._needs_restart(bundle, missing)
+            if claimed:
                 job = await self._enqueue_build(conn, bundle.bundle_id, len(inputs.members), owner)
                 await self.db.execute("restart_bundle", conn, bundle_id=bundle.bundle_id, job_id=job)
                 log.info("bundle %s: rebuilding (was %s)", bundle.bundle_id, bundle.status)
             else:
                 await self.db.execute("touch_bundle", conn, bundle_id=bundle.bundle_id)
-            return await self._get_in(conn, bundle.bundle_id)
+            return _looked_up(kind, await self._get_in(conn, bundle.bundle_id), claimed)
 
     async def built(self, bundle_id: uuid.UUID, job_id: uuid.UUID, worker_id: str, size_bytes: int) -> bool:
         """in_progress -> success, if `worker_id` still owns the build job; False otherwise."""
@@ -376,10 +378,13 @@ class Bundles:
         gone = await self.db.fetchall(
             "reap_idle_bundles", idle_seconds=self.settings.bundle_idle_seconds, recent_seconds=recent
         )
+        metrics.bundles_evicted(metrics.Eviction.IDLE, [(r["kind"], r["size_bytes"]) for r in gone])
         if self.settings.bundle_cache_bytes > 0:
-            gone += await self.db.fetchall(
+            over = await self.db.fetchall(
                 "reap_over_budget", budget_bytes=self.settings.bundle_cache_bytes, recent_seconds=recent
             )
+            metrics.bundles_evicted(metrics.Eviction.BUDGET, [(r["kind"], r["size_bytes"]) for r in over])
+            gone += over
         # The same inputs give the same key: a bundle claimed again since must keep its object.
         unused = [
             Location.from_row(r)
@@ -434,3 +439,16 @@ class Bundles:
         row = await self.db.fetchone("get_bundle", conn, bundle_id=bundle_id)
         assert row is not None
         return Bundle.from_row(row)
+
+
+_LOOKUP = {
+    BundleStatus.SUCCESS: metrics.BundleLookup.HIT,
+    BundleStatus.IN_PROGRESS: metrics.BundleLookup.BUILDING,
+    BundleStatus.ERROR: metrics.BundleLookup.FAILED,
+}
+
+
+def _looked_up(kind: BundleKind, bundle: Bundle, claimed: bool = False) -> Bundle:
+    """What find_or_create answers, counted: a build it claimed is the cache's miss."""
+    metrics.bundle_lookup(kind, metrics.BundleLookup.MISS if claimed else _LOOKUP[bundle.status])
+    return bundle

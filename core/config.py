@@ -38,6 +38,13 @@ def _listen_or_off(value: str) -> str | None:
     return None if value == "" else _host_port(value)
 
 
+def _tcp_listen_or_off(value: str) -> str | None:
+    """host:port (a TCP listener: HTTP), or empty for none."""
+    if value.startswith(("unix:", "unix-abstract:")):
+        return f"must be host:port, got {value!r}"
+    return _listen_or_off(value)
+
+
 def _link_keys(value: str) -> str | None:
     for entry in split_list(value):
         kid, sep, secret = entry.partition("=")
@@ -94,6 +101,9 @@ class Settings:
     )
     # Worker processes in this process's pool (default: one per core); 0 runs no jobs here.
     workers: int = field(default=os.cpu_count() or 1, metadata={"env": "DERIVATIVES_WORKERS", "ge": 0})
+    # gRPC (and HTTP) serving processes sharing the port (SO_REUSEPORT) under one parent that owns the
+    # once-per-host roles (embedded Postgres, the runner and its pool, maintenance, metrics). 1: one process.
+    server_processes: int = field(default=1, metadata={"env": "DERIVATIVES_SERVER_PROCESSES", "ge": 1, "le": 64})
     # Largest original (width x height) a transformer will decode.
     max_pixels: int = field(default=200_000_000, metadata={"env": "DERIVATIVES_MAX_PIXELS", "ge": 1})
     # Largest decoded original: width x height x bands x bytes per band, from the header, before decoding.
@@ -131,6 +141,8 @@ class Settings:
     http_listen: str = field(
         default="127.0.0.1:8080", metadata={"env": "DERIVATIVES_HTTP_LISTEN", "check": _listen_or_off}
     )
+    # Prometheus metrics of every process of this host at http://HOST:PORT/metrics (docs/metrics.md); empty: off.
+    metrics_listen: str = field(default="", metadata={"env": "DERIVATIVES_METRICS_LISTEN", "check": _tcp_listen_or_off})
     # Keys that sign browser download links: KEY_ID=SECRET, comma-separated (several: rotation).
     link_keys: str = field(default="", metadata={"env": "DERIVATIVES_LINK_KEYS", "check": _link_keys})
     # Origins (https://site.example) whose pages may call the HTTP face (CORS), comma-separated; "*" for any.
@@ -194,6 +206,8 @@ class Settings:
     log_level: str = field(
         default="INFO", metadata={"env": "DERIVATIVES_LOG_LEVEL", "choices": LOG_LEVELS, "ignore_case": True}
     )
+    # "text" (one readable line per record) or "json" (one JSON object per line, docs/tracing.md).
+    log_format: str = field(default="text", metadata={"env": "DERIVATIVES_LOG_FORMAT", "choices": ("text", "json")})
 
     @property
     def data_path(self) -> Path:
@@ -265,6 +279,8 @@ def check_settings(settings: Settings) -> None:
     own = [s for s in split_list(settings.import_sources) if s.partition("/")[0] in settings.buckets]
     if own:
         problems.append(f"DERIVATIVES_IMPORT_SOURCES: must not name the service's own buckets, got {own}")
+    if settings.server_processes > 1 and settings.listen.startswith(("unix:", "unix-abstract:")):
+        problems.append("DERIVATIVES_SERVER_PROCESSES: several processes share a TCP port only, not a unix socket")
     if problems:
         raise ValueError("; ".join(problems))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -61,18 +62,41 @@ class EmbeddedPostgres:
 
     def __init__(self, data_dir: Path) -> None:
         self.pgdata = data_dir / "pg"
+        self.lock_path = data_dir / "derivatives.lock"
+        self._lock_file: Any = None
         self._server: Any = None
         # A restart (the supervisor's thread) and a stop (shutdown) never run pg_ctl at once.
         self._lock = threading.Lock()
 
     def start(self) -> str:
+        """Start (or join, after a crash) the data directory's Postgres; DataDirInUse if another host holds it."""
         pgserver = _pgserver()
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
         self._forget_dead_handles(pgserver)
         self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
         uri: str = self._server.get_uri()
         log.info("embedded postgres running in %s", self.pgdata)
         return uri
+
+    def _lock_data_dir(self) -> None:
+        """One host per data directory. pgserver would let a second server share this Postgres without a word
+        (and, with filesystem storage, its files): an exclusive lock on `derivatives.lock`, held for the life of
+        the process (the kernel releases it when the process dies, however it dies), refuses the second one."""
+        if self._lock_file is not None:
+            return
+        handle = open(self.lock_path, "a+")  # held open until stop(): the lock lives as long as the file is open
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise DataDirInUse(self.lock_path.parent, holder) from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self._lock_file = handle
 
     def _forget_dead_handles(self, pgserver: Any) -> None:
         handles = self.pgdata / ".handle_pids.json"
@@ -113,6 +137,17 @@ class EmbeddedPostgres:
                 self._server.cleanup()
                 self._server = None
                 log.info("embedded postgres stopped")
+            if self._lock_file is not None:
+                self._lock_file.close()  # releases the lock
+                self._lock_file = None
+
+
+class DataDirInUse(Exception):
+    def __init__(self, data_dir: Path, holder: str) -> None:
+        super().__init__(
+            f"the data directory {data_dir} is in use by another derivatives server ({holder}): "
+            "one server per DERIVATIVES_DATA_DIR (set DERIVATIVES_SERVER_PROCESSES for more processes)"
+        )
 
 
 def _alive(pid: int) -> bool:

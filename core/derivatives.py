@@ -5,6 +5,10 @@
   derivative was made from; if not, the upload is deleted and nothing is attached.
 - One row per (asset, key): a replaced row's old bytes are deleted after commit.
 So the database never points at a missing object, and no committed object lacks a row.
+
+Several assets' results attach in one transaction (`attach_many`: the job runner's batches);
+the contract holds per asset: one whose original changed is discarded alone, and per-key
+failures are recorded only against the original they were tried on.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from psycopg.types.json import Jsonb
@@ -50,8 +54,35 @@ class Failed:
     reason: str
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One asset's render, to attach: what was made of the original `original_sha512`, and which keys failed."""
+
+    asset_id: str
+    original_sha512: str
+    made: tuple[Made, ...] = ()
+    failures: tuple[AssetFailure, ...] = ()
+
+
 def object_key(asset_id: str, key: str, extension: str) -> str:
     return f"{asset_id}/{key}/{uuid.uuid4().hex}.{extension}"
+
+
+def _row(asset_id: str, original_sha512: str, m: Made) -> dict[str, object]:
+    """One element of upsert_derivatives' `rows`."""
+    return {
+        "asset_id": asset_id,
+        "key": m.key,
+        "content_type": m.content_type,
+        "size_bytes": m.size_bytes,
+        "width": m.width,
+        "height": m.height,
+        "sha512": m.sha512,
+        "original_sha512": original_sha512,
+        "bucket": m.location.bucket,
+        "object_key": m.location.key,
+        "metadata": m.metadata,
+    }
 
 
 class Derivatives:
@@ -83,6 +114,16 @@ class Derivatives:
     async def of_asset(self, asset_id: str) -> list[Derivative]:
         return [Derivative.from_row(r) for r in await self.db.fetchall("list_derivatives", asset_id=asset_id)]
 
+    async def current_keys(self, assets: Iterable[Asset]) -> dict[str, set[str]]:
+        """The keys each asset has a derivative of, made from its current original (a lazy run skips them)."""
+        current = {a.asset_id: a.sha512 for a in assets}
+        rows = await self.db.fetchall("derivative_keys_of_assets", asset_ids=list(current))
+        out: dict[str, set[str]] = {}
+        for r in rows:
+            if r["original_sha512"] == current[r["asset_id"]]:
+                out.setdefault(r["asset_id"], set()).add(r["key"])
+        return out
+
     async def get(self, asset_id: str, key: str) -> Derivative | None:
         row = await self.db.fetchone("get_derivative", asset_id=asset_id, key=key)
         return Derivative.from_row(row) if row is not None else None
@@ -93,50 +134,79 @@ class Derivatives:
         Returns the attached derivatives, or None when the asset is gone or its original
         changed (the uploads are deleted then). Runs to completion even if the caller is cancelled.
         """
-        return await to_completion(self._attach(asset_id, original_sha512, made))
+        (attached,) = await self.attach_many([Outcome(asset_id, original_sha512, tuple(made))])
+        return attached
 
-    async def _attach(self, asset_id: str, original_sha512: str, made: list[Made]) -> list[Derivative] | None:
+    async def attach_many(self, outcomes: Sequence[Outcome]) -> list[list[Derivative] | None]:
+        """Attach several assets' results, and record their failures, in one transaction.
+
+        One entry per outcome, in order: its attached derivatives, or None when it made something but
+        its asset is gone or its original changed (its uploads are deleted, its failures not recorded).
+        Runs to completion even if the caller is cancelled.
+        """
+        return await to_completion(self._attach_many(list(outcomes)))
+
+    async def _attach_many(self, outcomes: list[Outcome]) -> list[list[Derivative] | None]:
+        made = [m for o in outcomes for m in o.made]
+        if not made and not any(o.failures for o in outcomes):
+            return [[] for _ in outcomes]
         garbage: list[Location] = []
-        attached: list[Derivative] = []
+        out: list[list[Derivative] | None] = [[] for _ in outcomes]
         try:
             async with self.db.transaction() as conn:
-                asset = await self.db.fetchone("lock_asset", conn, asset_id=asset_id)
-                if asset is None or asset["sha512"] != original_sha512:
-                    garbage = [m.location for m in made]
-                    return None
-                for m in made:
-                    row = await self.db.fetchone(
-                        "upsert_derivative",
+                current: dict[str, str] = {}
+                if made:
+                    ids = sorted({o.asset_id for o in outcomes if o.made})
+                    rows = await self.db.fetchall("lock_assets_originals", conn, asset_ids=ids)
+                    current = {r["asset_id"]: r["sha512"] for r in rows}
+                keep: dict[tuple[str, str], tuple[int, Made, str]] = {}  # (asset, key) -> (outcome, made, sha)
+                failures: list[dict[str, str]] = []
+                for i, o in enumerate(outcomes):
+                    if o.made and current.get(o.asset_id) != o.original_sha512:
+                        out[i] = None
+                        garbage += [m.location for m in o.made]
+                        continue
+                    for m in o.made:
+                        replaced = keep.get((o.asset_id, m.key))
+                        if replaced is not None:  # the same asset twice in one batch: the later result wins
+                            garbage.append(replaced[1].location)
+                        keep[(o.asset_id, m.key)] = (i, m, o.original_sha512)
+                    failures += [
+                        {"asset_id": o.asset_id, "original_sha512": o.original_sha512, "key": f.key, "reason": f.reason}
+                        for f in o.failures
+                    ]
+                if keep:
+                    rows = await self.db.fetchall(
+                        "upsert_derivatives",
                         conn,
-                        asset_id=asset_id,
-                        key=m.key,
-                        content_type=m.content_type,
-                        size_bytes=m.size_bytes,
-                        width=m.width,
-                        height=m.height,
-                        sha512=m.sha512,
-                        original_sha512=original_sha512,
-                        bucket=m.location.bucket,
-                        object_key=m.location.key,
-                        metadata=Jsonb(m.metadata),
+                        rows=Jsonb([_row(a, sha, m) for (a, _), (_, m, sha) in keep.items()]),
                     )
-                    assert row is not None
-                    old = Location(row["old_bucket"], row["old_object_key"]) if row["old_object_key"] else None
-                    if old is not None and old != m.location:
-                        garbage.append(old)
-                    attached.append(Derivative.from_row(row))
+                    index = {(a, m.key): i for (a, _), (i, m, _) in keep.items()}
+                    for row in rows:
+                        old = Location(row["old_bucket"], row["old_object_key"]) if row["old_object_key"] else None
+                        if old is not None and old != Location(row["bucket"], row["object_key"]):
+                            garbage.append(old)
+                        attached = out[index[(row["asset_id"], row["key"])]]
+                        assert attached is not None
+                        attached.append(Derivative.from_row(row))
+                if failures:
+                    await self.db.execute("set_derivative_failures", conn, failures=Jsonb(failures))
         except Exception:
-            garbage = await self._unreferenced(asset_id, made)  # the COMMIT itself may have gone through
+            garbage = await self._unreferenced(
+                [o.asset_id for o in outcomes if o.made], made
+            )  # the COMMIT itself may have gone through
             raise
         finally:
             await self.delete_objects(garbage)
-        return attached
+        return out
 
-    async def _unreferenced(self, asset_id: str, made: list[Made]) -> list[Location]:
+    async def _unreferenced(self, asset_ids: list[str], made: list[Made]) -> list[Location]:
         """Uploads no row points at; none when that cannot be read (an orphan beats data loss)."""
+        if not made:
+            return []
         try:
             rows = await self.db.fetchall(
-                "derivative_keys_referenced", asset_id=asset_id, object_keys=[m.location.key for m in made]
+                "derivative_keys_referenced", asset_ids=asset_ids, object_keys=[m.location.key for m in made]
             )
         except Exception:
             return []
@@ -203,17 +273,6 @@ class Derivatives:
                 Reason.ORIGINAL_CHANGED,
             )
         return attached[0]
-
-    async def record_failures(self, asset: Asset, failures: Iterable[AssetFailure]) -> None:
-        """Remember why keys of the current original could not be made (GetAsset lists them)."""
-        for failure in failures:
-            await self.db.execute(
-                "set_derivative_failure",
-                asset_id=asset.asset_id,
-                original_sha512=asset.sha512,
-                key=failure.key,
-                reason=failure.reason,
-            )
 
     async def remove(self, asset_id: str, key: str) -> None:
         async with self.db.transaction() as conn:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from core import metrics
 from core.assets import Assets
 from core.bundles import Bundles, StoredInputs
 from core.config import Settings
@@ -32,6 +34,8 @@ class Domain:
     hub: ProgressHub
     urls: UrlSigner
     reclaimer: Reclaimer
+    # Stop this process's sampling of the Postgres pool and RSS for the metrics (core/metrics.py).
+    stop_sampling: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     @property
     def buckets(self) -> tuple[str, ...]:
@@ -39,6 +43,8 @@ class Domain:
         return tuple(dict.fromkeys(self.settings.buckets + self.registry.buckets()))
 
     async def close(self) -> None:
+        for stop in self.stop_sampling:
+            stop()
         await self.db.close()
 
 
@@ -58,7 +64,7 @@ async def open_domain(settings: Settings, registry: Registry, database_url: str,
     storage = open_storage(settings)
     queue = PostgresQueue(db, settings.job_lease_seconds, settings.max_jobs_per_principal)
     stored_inputs = StoredInputs(db, registry, settings)
-    return Domain(
+    domain = Domain(
         settings=settings,
         db=db,
         storage=storage,
@@ -72,3 +78,5 @@ async def open_domain(settings: Settings, registry: Registry, database_url: str,
         urls=UrlSigner(storage, dt.timedelta(seconds=settings.url_expiry_seconds)),
         reclaimer=Reclaimer(db, storage, settings, registry.buckets()),
     )
+    domain.stop_sampling = [metrics.sample_db_pool(db.pool), metrics.sample_rss(name)]
+    return domain

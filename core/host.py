@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from core.config import Settings
-from core.database import EmbeddedPostgres
+from core.database import DataDirInUse, EmbeddedPostgres
 from core.definitions import Registry, load_registry
 from core.domain import Domain, open_domain
 
@@ -86,7 +86,10 @@ class EmbeddedPostgresRole:
         self._supervisor: asyncio.Task[None] | None = None
 
     async def start(self, ctx: HostContext) -> None:
-        ctx.database_url = await asyncio.to_thread(self.postgres.start)
+        try:
+            ctx.database_url = await asyncio.to_thread(self.postgres.start)
+        except DataDirInUse as exc:
+            raise SystemExit(str(exc)) from None
         self._supervisor = asyncio.create_task(self._supervise(), name="postgres-supervisor")
 
     async def _supervise(self) -> None:

@@ -27,6 +27,7 @@ from typing import Protocol
 import psycopg
 from psycopg.types.json import Jsonb
 
+from core import tracing
 from core.database import Database, Row
 from core.errors import NotFound, Reason, ResourceExhausted
 from core.records import AssetFailure, Job, JobKind, Payload, Stage
@@ -124,6 +125,7 @@ class PostgresQueue:
             payload=Jsonb(payload.as_json()),
             total=total,
             owner=owner,
+            traceparent=tracing.traceparent(),
         )
         assert row is not None
         await conn.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, kind.value))

@@ -294,6 +294,8 @@ class Job:
     error: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    # The W3C traceparent of the call that queued it ("" without tracing): its run's span links to it.
+    traceparent: str = ""
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
@@ -312,6 +314,7 @@ class Job:
             error=row["error"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            traceparent=row.get("traceparent") or "",
         )
 
 

@@ -10,23 +10,31 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import asyncio
 
+from core import metrics
 from core.config import settings_or_exit
-from core.host import Host, registry_or_exit
+from core.host import Host, Role, registry_or_exit
 from core.logs import configure_logging
 from server.auth import Security
 from server.grpc_role import GrpcRole
 from server.http_role import HttpRole
+from server.processes import ServingProcesses
 from worker.host import base_roles, runner_roles
 
 
 def main() -> None:
     settings = settings_or_exit()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     registry = registry_or_exit(settings)  # a bad file stops start-up, before anything runs
     security = Security.plan(settings)  # so does a bad tokens file, or no credentials off loopback
+    if settings.metrics_listen:  # before any process is started: they all write to the host's metrics
+        metrics.prepare_multiprocess()
     # The roles are made here, before the event loop: the runner's pool is spawned now.
-    http = [HttpRole(security)] if settings.http_listen else []
-    roles = [*base_roles(settings), GrpcRole(security), *http, *runner_roles(settings, settings.workers)]
+    serving: list[Role]
+    if settings.server_processes > 1:  # a parent: N children serve (server/processes.py), it owns the rest
+        serving = [ServingProcesses(settings)]
+    else:
+        serving = [GrpcRole(security), *([HttpRole(security)] if settings.http_listen else [])]
+    roles = [*base_roles(settings), *serving, *runner_roles(settings, settings.workers)]
     asyncio.run(Host(settings, registry, roles, name="derivatives-server").run())
 
 

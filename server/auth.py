@@ -37,6 +37,7 @@ from grpc_status import rpc_status
 from core import logs
 from core.config import Settings
 from core.errors import PermissionDenied, Reason, Unauthenticated
+from server.rpc_trace import call_ended
 from server.status import to_status
 
 log = logging.getLogger("derivatives.auth")
@@ -351,7 +352,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         except (Unauthenticated, PermissionDenied) as exc:
             peer = context.peer()
             log.info("%s refused for %s: %s", method, peer[:100], exc)
-            await context.abort_with_status(rpc_status.to_status(to_status(exc)))
+            status = to_status(exc)
+            call_ended(status.code, status.message)  # the refusal's code on the call's span
+            await context.abort_with_status(rpc_status.to_status(status))
         logs.principal.set(name)
 
     async def intercept_service(

@@ -11,16 +11,19 @@ from grpc_reflection.v1alpha import reflection
 
 from core.host import HostContext
 from core.progress import ProgressHub
-from derivatives.v1 import derivatives_pb2, derivatives_pb2_grpc
+from derivatives.v1 import derivatives_pb2
+from server import metrics_interceptor, rpc_trace
 from server.auth import Security
 from server.health import HealthMonitor
-from server.service import DerivativeService
+from server.service import DerivativeService, add_to_server
 
 log = logging.getLogger("derivatives.server")
 
 # grpcio sets SO_REUSEPORT by default: a second server on the same port would start silently and take half
-# the connections. Off: the second one fails to bind and says so.
+# the connections. Off: the second one fails to bind and says so. On only for the serving processes of one
+# host (DERIVATIVES_SERVER_PROCESSES > 1), whose parent holds the port against other servers (server/processes.py).
 NO_REUSEPORT = [("grpc.so_reuseport", 0)]
+REUSEPORT = [("grpc.so_reuseport", 1)]
 KEEPALIVE = [
     # Long-lived WatchProgress streams: ping idle connections, tolerate client pings.
     ("grpc.keepalive_time_ms", 60_000),
@@ -34,8 +37,9 @@ KEEPALIVE = [
 class GrpcRole:
     name = "grpc"
 
-    def __init__(self, security: Security) -> None:
+    def __init__(self, security: Security, *, reuse_port: bool = False) -> None:
         self.security = security  # planned before start-up (Security.plan): a refusal stops it early
+        self.reuse_port = reuse_port  # one of several serving processes of a host: share the port
         self.server: grpc.aio.Server | None = None  # set once started
         self.monitor: HealthMonitor | None = None
         self.hub: ProgressHub | None = None
@@ -44,15 +48,16 @@ class GrpcRole:
         domain, settings = ctx.domain, ctx.settings
         security = self.security
         server = grpc.aio.server(
-            interceptors=security.interceptors(),
+            # The call's span around the rest; then its metrics, so that refusals are counted too.
+            interceptors=[*rpc_trace.interceptors(), *metrics_interceptor.interceptors(), *security.interceptors()],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 *KEEPALIVE,
-                *NO_REUSEPORT,
+                *(REUSEPORT if self.reuse_port else NO_REUSEPORT),
             ],
         )
-        derivatives_pb2_grpc.add_DerivativeServiceServicer_to_server(DerivativeService(domain), server)
+        add_to_server(DerivativeService(domain), server)  # WatchProgress sends pre-serialized bytes
         monitor = HealthMonitor(domain.db, domain.storage, domain.buckets, settings.health_interval_seconds)
         health_pb2_grpc.add_HealthServicer_to_server(monitor.servicer, server)
         if settings.reflection:

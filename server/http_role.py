@@ -39,8 +39,9 @@ async def _serve(server: uvicorn.Server, sock: socket.socket) -> None:
 class HttpRole:
     name = "http"
 
-    def __init__(self, security: Security) -> None:
+    def __init__(self, security: Security, *, reuse_port: bool = False) -> None:
         self.security = security
+        self.reuse_port = reuse_port  # one of several serving processes of a host (server/processes.py)
         self.server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -62,7 +63,7 @@ class HttpRole:
         )
         server = _Server(config)
         try:  # bound here, not by uvicorn: its failure to bind is a sys.exit() inside a task, which stops the loop
-            sock = socket.create_server((config.host, config.port))
+            sock = socket.create_server((config.host, config.port), reuse_port=self.reuse_port)
         except OSError as exc:
             raise SystemExit(f"cannot listen on {settings.http_listen} (HTTP): {exc.strerror}") from None
         self._task = asyncio.create_task(_serve(server, sock), name="http")

@@ -45,6 +45,11 @@ def sign_link(base_url: str, work_id: str, kind: str, key_id: str, secret: str, 
     return f"{base_url.rstrip('/')}/v1/works/{urllib.parse.quote(work_id, safe='')}/bundles/{kind}?{query}"
 
 
+def new_secret() -> str:
+    """A fresh link key secret (256 bits)."""
+    return secrets.token_urlsafe(32)
+
+
 @dataclass
 class LinkKeys:
     keys: dict[str, str]
@@ -53,7 +58,7 @@ class LinkKeys:
     def from_settings(cls, settings: Settings) -> LinkKeys:
         keys = dict(entry.partition("=")[::2] for entry in split_list(settings.link_keys))
         if not keys:  # zero configuration: a key of this process's own, for the demo page's links
-            keys[DEMO_KEY_ID] = secrets.token_urlsafe(32)
+            keys[DEMO_KEY_ID] = new_secret()
         return cls(keys)
 
     @property

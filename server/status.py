@@ -26,6 +26,7 @@ from core.errors import (
     Unauthenticated,
     Unavailable,
 )
+from server.rpc_trace import call_ended, name_request
 
 log = logging.getLogger("derivatives.rpc")
 
@@ -143,6 +144,7 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException,
     status = to_status(exc, paths)
     if status.code != code_pb2.INTERNAL:
         log.info("%s: %s", code_pb2.Code.Name(status.code), status.message)
+    call_ended(status.code, status.message)
     await context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("unreachable")  # abort_with_status raises
 
@@ -159,6 +161,7 @@ def unary(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        name_request(request)  # the call's log lines (and span) name the asset, work or job it asks about
         try:
             return await fn(self, request, context)
         except grpc.aio.AbortError:
@@ -175,6 +178,7 @@ def streaming(fn: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Resp]:
+        name_request(request)
         try:
             async for item in fn(self, request, context):
                 yield item

@@ -12,6 +12,7 @@ tells it about finished members the same way. Progress is per member, then FINIS
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import functools
 import logging
@@ -85,7 +86,8 @@ class BundleBuild:
             content_type=kind.content_type,
         )
         try:
-            await self.loop.run_in_executor(self.writers, put)
+            # In the job's context, as are the lookups it asks the loop for: their log lines and spans name the job.
+            await self.loop.run_in_executor(self.writers, contextvars.copy_context().run, put)
         finally:
             for task in self._located.values():
                 task.cancel()

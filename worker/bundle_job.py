@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from core import tracing
 from core.bundles import MemberUnavailable
 from core.domain import Domain
 from core.records import BundlePayload, Job, JobKind
@@ -34,6 +35,7 @@ class BundleHandler:
         payload = ctx.job.payload
         assert isinstance(payload, BundlePayload)
         bundle = await self.bundles.get(payload.bundle_id)
+        tracing.note(work=bundle.work_id)  # the rest of the job's log lines (and its span) name the work
         inputs = await self.bundles.inputs(bundle.work_id, bundle.kind)
         if inputs.checksum != bundle.checksum:
             raise PermanentFailure("the work changed since this bundle was requested; request it again")

@@ -1,12 +1,10 @@
-"""The create_derivatives job: each asset of the payload, a few at a time, on the pool."""
+"""The create_derivatives job: the assets of the payload on the pool, attached and reported in batches."""
 
 from __future__ import annotations
 
-import asyncio
-
 from core.records import DerivativesPayload, Job, JobKind
 from worker.job import JobContext
-from worker.render import Renderer
+from worker.render import Batch, Renderer
 
 
 class DerivativesHandler:
@@ -18,23 +16,16 @@ class DerivativesHandler:
     async def run(self, ctx: JobContext) -> None:
         payload = ctx.job.payload
         assert isinstance(payload, DerivativesPayload)
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        for asset_id in payload.asset_ids:
-            queue.put_nowait(asset_id)
 
-        async def consume() -> None:
-            while not queue.empty() and not ctx.should_stop():
-                asset_id = queue.get_nowait()
-                failures = await self.renderer.derive(asset_id, payload.only, payload.exclude, payload.lazy)
-                ctx.failures.extend(failures)
-                ctx.done += 1  # counted here, before any await: concurrent consumers never lose one
-                await ctx.report()
+        async def done(batch: Batch) -> None:
+            ctx.failures.extend(batch.failures)
+            ctx.done += batch.done  # counted before any await: a progress write never misses one
+            await ctx.report()  # from the batch: written at most every PROGRESS_INTERVAL
 
-        # A TaskGroup: when one asset raises (storage away), its siblings are cancelled too.
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(2 * self.renderer.pool.size, queue.qsize()) or 1):
-                group.create_task(consume())
-        if ctx.complete:
+        await self.renderer.derive_many(
+            payload.asset_ids, payload.only, payload.exclude, payload.lazy, on_batch=done, should_stop=ctx.should_stop
+        )
+        if not payload.asset_ids:  # otherwise the last batch's report wrote the complete state
             await ctx.report(force=True)
 
     async def failed(self, job: Job, worker_id: str | None, reason: str) -> None:

@@ -5,11 +5,14 @@
 
 | role | module | when |
 | --- | --- | --- |
+| tracing (the OTLP exporter, flushed on stop) | core/tracing.py `TracingRole` | an OTLP endpoint is set |
 | embedded Postgres owner | core/host.py `EmbeddedPostgresRole` | no DATABASE_URL |
 | the domain (pool, migrations, storage, queue, ...) | core/host.py `DomainRole`, core/domain.py | always |
 | maintenance (reaper, job pruning, bundle inputs backfill, S3 lifecycle) | core/maintenance.py | always |
+| metrics endpoint (every process of the host) | core/metrics.py `MetricsRole` | DERIVATIVES_METRICS_LISTEN |
 | job runner and its process pool | worker/host.py `RunnerRole` | DERIVATIVES_WORKERS > 0 |
 | gRPC server, health, reflection, progress hub | server/grpc_role.py `GrpcRole` | server only |
+| N serving children instead of gRPC + HTTP (server/child.py) | server/processes.py `ServingProcesses` | server, N > 1 |
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import asyncio
 from core.config import Settings
 from core.host import DomainRole, EmbeddedPostgresRole, HostContext, Role
 from core.maintenance import MaintenanceRole
+from core.metrics import MetricsRole
+from core.tracing import TracingRole
+from core.tracing import configured as tracing_configured
 from worker.bundle_job import BundleHandler
 from worker.derivatives_job import DerivativesHandler
 from worker.pool import WorkerPool
@@ -66,11 +72,14 @@ class RunnerRole:
 
 
 def base_roles(settings: Settings) -> list[Role]:
-    """What every host runs first: Postgres (if embedded), the domain, maintenance."""
-    roles: list[Role] = []
+    """What every host runs first: tracing (if configured; flushed last), Postgres (if embedded), the domain,
+    maintenance, the metrics endpoint (DERIVATIVES_METRICS_LISTEN; main() called core.metrics.prepare_multiprocess
+    first)."""
+    roles: list[Role] = [TracingRole()] if tracing_configured() else []
     if not settings.database_url:
         roles.append(EmbeddedPostgresRole(settings.data_path))
-    return [*roles, DomainRole(), MaintenanceRole()]
+    metrics = [MetricsRole()] if settings.metrics_listen else []
+    return [*roles, DomainRole(), MaintenanceRole(), *metrics]
 
 
 def runner_roles(settings: Settings, workers: int) -> list[Role]:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any, TypeVar
 
+from core import logs, metrics
 from core.config import Settings
 from worker import tasks
 
@@ -71,6 +72,8 @@ class WorkerPool:
         self._env = settings.as_env()
         self._executor = self._new_executor()
         self.replaced = 0  # times a crashed process broke the executor and it was replaced
+        self._in_flight = 0  # tasks submitted and not yet ended: the processes busy, up to `size`
+        metrics.pool_busy(0, self.size)
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -88,14 +91,25 @@ class WorkerPool:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         executor = self._executor
+        self._count(+1)
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+            # The task's log lines in the pool process name what the caller's do (job, asset, trace).
+            return await asyncio.get_running_loop().run_in_executor(executor, logs.run_carried, logs.carry(), fn, *args)
         except BrokenProcessPool:
             if self._executor is executor:
                 log.error("a worker process died; replacing the pool")
                 self._executor = self._new_executor()
                 self.replaced += 1
+                metrics.pool_crashed()
+                metrics.sweep_dead_processes()  # the dead processes' RSS leaves the metrics
             raise WorkerCrashed("the worker process died (out of memory or a decoder crash)") from None
+        finally:
+            self._count(-1)
+
+    def _count(self, delta: int) -> None:
+        self._in_flight += delta
+        metrics.pool_busy(self._in_flight, self.size)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+        metrics.sweep_dead_processes()

@@ -14,11 +14,13 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 
 import psycopg
 
+from core import logs, metrics, tracing
 from core.errors import Unavailable
 from core.queue import JOBS_CHANNEL, JobQueue, retries, retry_delay
 from core.records import JobKind
@@ -107,41 +109,55 @@ class Runner:
         """Jobs whose runner died on every attempt end as failed (and their handler is told)."""
         try:
             for job in await self.queue.give_up_exhausted():
-                log.error("job %s: %s", job.job_id, job.error)
-                await self.handlers[job.kind].failed(job, None, job.error or "gave up")
+                with logs.about(job=str(job.job_id)):
+                    log.error("job %s: %s", job.job_id, job.error)
+                    await self.handlers[job.kind].failed(job, None, job.error or "gave up")
         except Exception as exc:
             log.warning("sweeping exhausted jobs failed: %s", exc)
 
     # --- one job ------------------------------------------------------------------------------
 
     async def _run(self, ctx: JobContext) -> None:
+        started = time.monotonic()
+        # A first attempt's wait in the queue: its creation to this claim (both the database's clock).
+        wait = (ctx.job.updated_at - ctx.job.created_at).total_seconds() if ctx.job.attempts == 1 else None
+        metrics.job_claimed(ctx.job.kind, wait)
+        with tracing.job_span(ctx.job):  # its log lines name the job; a span when tracing is on
+            outcome = await self._attempt(ctx)
+        metrics.job_ended(ctx.job.kind, outcome, time.monotonic() - started)
+
+    async def _attempt(self, ctx: JobContext) -> metrics.JobOutcome:
         job = ctx.job
         log.info("job %s: %s attempt %d", job.job_id, job.kind, job.attempts)
         renewal = asyncio.create_task(self._renew(ctx))
         try:
             await self.handlers[job.kind].run(ctx)
             if ctx.lease_lost:
-                return
+                return metrics.JobOutcome.LEASE_LOST
             if not ctx.complete:  # stopped early: the runner is shutting down
                 raise Interrupted()
             await self.queue.finish(job.job_id, self.worker_id, done=ctx.done, new_failures=ctx.unreported())
             log.info("job %s: succeeded (%d failures)", job.job_id, len(ctx.failures))
+            return metrics.JobOutcome.SUCCEEDED
         except Interrupted:
-            if not ctx.lease_lost:
-                await self.queue.requeue(job.job_id, self.worker_id, reason=REQUEUED)
-                log.info("job %s: re-queued at %d/%d on shutdown", job.job_id, ctx.done, job.total)
+            if ctx.lease_lost:
+                return metrics.JobOutcome.LEASE_LOST
+            await self.queue.requeue(job.job_id, self.worker_id, reason=REQUEUED)
+            log.info("job %s: re-queued at %d/%d on shutdown", job.job_id, ctx.done, job.total)
+            return metrics.JobOutcome.REQUEUED
         except Exception as exc:
             while isinstance(exc, ExceptionGroup):
                 exc = exc.exceptions[0]
-            await self._failed(ctx, exc)
+            return await self._failed(ctx, exc)
         finally:
             renewal.cancel()
 
-    async def _failed(self, ctx: JobContext, exc: Exception) -> None:
+    async def _failed(self, ctx: JobContext, exc: Exception) -> metrics.JobOutcome:
         job = ctx.job
         permanent = isinstance(exc, PermanentFailure)
         reason = str(exc) if isinstance(exc, Unavailable | PermanentFailure) else f"{type(exc).__name__}: {exc}"
         reason = reason.splitlines()[0][:300] if reason.strip() else type(exc).__name__
+        tracing.failed(reason)
         try:
             if retries(job, permanent):
                 log.warning(
@@ -152,15 +168,17 @@ class Runner:
                     retry_delay(job.attempts),
                 )
                 await self.queue.retry(job, self.worker_id, reason=reason)
-                return
+                return metrics.JobOutcome.RETRIED
             log.error("job %s: failed: %s", job.job_id, reason, exc_info=None if permanent else exc)
             # The handler first (a bundle's error is fenced by this runner's ownership of the job), then the job.
             await self.handlers[job.kind].failed(job, self.worker_id, reason)
             await self.queue.fail(
                 job.job_id, self.worker_id, reason=reason, done=ctx.done, new_failures=ctx.unreported()
             )
+            return metrics.JobOutcome.FAILED
         except Exception as again:  # the lease runs out and another runner retries it
             log.error("job %s: could not record failure: %s", job.job_id, again)
+            return metrics.JobOutcome.RETRIED
 
     async def _renew(self, ctx: JobContext) -> None:
         while True:

@@ -11,13 +11,14 @@ import contextlib
 import logging
 import os
 import resource
+import signal
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core import failpoints
+from core import failpoints, metrics
 from core.config import Settings, load_settings
 from core.definitions import Definition
 from core.derivatives import Failed, Made, object_key
@@ -41,6 +42,9 @@ def init_process(env: dict[str, str], vips_concurrency: int) -> None:
     libraries are loaded, so their fixed cost is paid now and counted under the cap.
     """
     global _settings, _storage
+    # Ctrl-C in a terminal reaches the whole process group: the host stops its pool itself (a KeyboardInterrupt
+    # here would only print a traceback from the task queue's read).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(env)
     os.environ["VIPS_CONCURRENCY"] = str(vips_concurrency)
     _settings = load_settings(env)
@@ -51,8 +55,9 @@ def init_process(env: dict[str, str], vips_concurrency: int) -> None:
     from worker.imaging import configure_vips
 
     configure_vips()
-    configure_logging(_settings.log_level)
+    configure_logging(_settings.log_level, _settings.log_format)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
+    metrics.sample_rss("pool")  # this process's RSS on the host's metrics endpoint (a live gauge)
 
 
 def limit_memory(ceiling: int) -> None:
@@ -122,6 +127,7 @@ def make_derivatives(asset: Asset, definitions: tuple[Definition, ...]) -> list[
                     with contextlib.suppress(Exception):
                         storage.delete(made.location.bucket, made.location.key)
             raise
+        log.debug("rendered: %d of %d derivatives made", sum(isinstance(r, Made) for r in out), len(out))
         return out
 
 

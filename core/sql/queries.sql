@@ -7,6 +7,13 @@ SELECT * FROM assets WHERE asset_id = %(asset_id)s;
 -- name: lock_asset
 SELECT * FROM assets WHERE asset_id = %(asset_id)s FOR UPDATE;
 
+-- name: get_assets
+SELECT * FROM assets WHERE asset_id = ANY(%(asset_ids)s::text[]);
+
+-- name: lock_assets_originals
+-- Attaching a batch: the assets' rows locked in asset_id order (as lock_member_assets), so two batches never deadlock.
+SELECT asset_id, sha512 FROM assets WHERE asset_id = ANY(%(asset_ids)s::text[]) ORDER BY asset_id FOR UPDATE;
+
 -- name: insert_asset
 INSERT INTO assets (asset_id, content_type, size_bytes, sha512, width, height, filename, bucket, object_key)
 VALUES (%(asset_id)s, %(content_type)s, %(size_bytes)s, %(sha512)s, %(width)s, %(height)s, %(filename)s,
@@ -34,6 +41,9 @@ SELECT DISTINCT work_id FROM work_members WHERE asset_id = %(asset_id)s ORDER BY
 -- name: list_derivatives
 SELECT * FROM derivatives WHERE asset_id = %(asset_id)s ORDER BY key;
 
+-- name: derivative_keys_of_assets
+SELECT asset_id, key, original_sha512 FROM derivatives WHERE asset_id = ANY(%(asset_ids)s::text[]);
+
 -- name: get_asset_with_derivatives
 -- GetAsset in one round trip: the asset row and its derivatives as a JSON array.
 SELECT a.*, COALESCE(
@@ -47,21 +57,28 @@ SELECT * FROM derivatives WHERE asset_id = %(asset_id)s AND key = %(key)s;
 -- name: delete_derivatives_of_asset
 DELETE FROM derivatives WHERE asset_id = %(asset_id)s RETURNING bucket, object_key;
 
--- name: upsert_derivative
--- Returns the replaced row's location (old_bucket/old_object_key), NULL when new.
--- Callers hold the asset row lock, which serializes every change to its derivatives.
--- (No FOR UPDATE in `old`: it would skip the row this same statement updates.)
--- It also clears a recorded failure of the key: one round trip per attached derivative.
-WITH old AS (
-    SELECT bucket, object_key FROM derivatives WHERE asset_id = %(asset_id)s AND key = %(key)s
+-- name: upsert_derivatives
+-- Attach derivatives, of one asset or several, in one round trip. `rows` is a JSON array of derivative rows
+-- (no (asset_id, key) twice). Returns each row with the replaced row's location (old_bucket/old_object_key,
+-- NULL when new). Callers hold the assets' row locks, which serialize every change to their derivatives.
+-- (No FOR UPDATE in `old`: it would skip the rows this same statement updates.)
+-- It also clears recorded failures of the keys attached.
+WITH new AS (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS n(
+        asset_id text, key text, content_type text, size_bytes bigint, width integer, height integer,
+        sha512 text, original_sha512 text, bucket text, object_key text, metadata jsonb)
+), old AS (
+    SELECT d.asset_id, d.key, d.bucket, d.object_key FROM derivatives d JOIN new USING (asset_id, key)
 ), cleared AS (
-    UPDATE assets SET derivative_failures = derivative_failures - %(key)s::text
-    WHERE asset_id = %(asset_id)s AND derivative_failures ? %(key)s
+    UPDATE assets a SET derivative_failures = a.derivative_failures - k.keys
+    FROM (SELECT asset_id, array_agg(key) AS keys FROM new GROUP BY asset_id) k
+    WHERE a.asset_id = k.asset_id AND a.derivative_failures ?| k.keys
 ), up AS (
     INSERT INTO derivatives (asset_id, key, content_type, size_bytes, width, height, sha512, original_sha512,
                              bucket, object_key, metadata)
-    VALUES (%(asset_id)s, %(key)s, %(content_type)s, %(size_bytes)s, %(width)s, %(height)s, %(sha512)s,
-            %(original_sha512)s, %(bucket)s, %(object_key)s, %(metadata)s)
+    SELECT asset_id, key, content_type, size_bytes, width, height, sha512, original_sha512, bucket, object_key,
+           COALESCE(metadata, '{}'::jsonb)
+    FROM new
     ON CONFLICT (asset_id, key) DO UPDATE
     SET content_type = EXCLUDED.content_type, size_bytes = EXCLUDED.size_bytes, width = EXCLUDED.width,
         height = EXCLUDED.height, sha512 = EXCLUDED.sha512, original_sha512 = EXCLUDED.original_sha512,
@@ -69,16 +86,23 @@ WITH old AS (
         created_at = now()
     RETURNING *
 )
-SELECT up.*, old.bucket AS old_bucket, old.object_key AS old_object_key FROM up LEFT JOIN old ON true;
+SELECT up.*, old.bucket AS old_bucket, old.object_key AS old_object_key
+FROM up LEFT JOIN old ON old.asset_id = up.asset_id AND old.key = up.key;
 
 -- name: delete_derivative
 DELETE FROM derivatives WHERE asset_id = %(asset_id)s AND key = %(key)s RETURNING bucket, object_key;
 
--- name: set_derivative_failure
-UPDATE assets
-SET derivative_failures = derivative_failures || jsonb_build_object(%(key)s::text,
-        jsonb_build_object('reason', %(reason)s::text, 'failed_at', now()))
-WHERE asset_id = %(asset_id)s AND sha512 = %(original_sha512)s;
+-- name: set_derivative_failures
+-- Remember why keys could not be made, of each asset whose original is still the one tried. `failures` is a
+-- JSON array of {asset_id, original_sha512, key, reason}.
+UPDATE assets a SET derivative_failures = a.derivative_failures || f.failures
+FROM (
+    SELECT x.asset_id, x.original_sha512,
+           jsonb_object_agg(x.key, jsonb_build_object('reason', x.reason, 'failed_at', now())) AS failures
+    FROM jsonb_to_recordset(%(failures)s::jsonb) AS x(asset_id text, original_sha512 text, key text, reason text)
+    GROUP BY x.asset_id, x.original_sha512
+) f
+WHERE a.asset_id = f.asset_id AND a.sha512 = f.original_sha512;
 
 -- name: get_work
 SELECT * FROM works WHERE work_id = %(work_id)s;
@@ -110,8 +134,8 @@ SELECT asset_id FROM assets WHERE asset_id = ANY(%(asset_ids)s::text[]);
 SELECT asset_id FROM assets WHERE asset_id = ANY(%(asset_ids)s::text[]) ORDER BY asset_id FOR KEY SHARE;
 
 -- name: insert_job
-INSERT INTO jobs (job_id, kind, payload, total, owner)
-VALUES (%(job_id)s, %(kind)s, %(payload)s, %(total)s, %(owner)s)
+INSERT INTO jobs (job_id, kind, payload, total, owner, traceparent)
+VALUES (%(job_id)s, %(kind)s, %(payload)s, %(total)s, %(owner)s, %(traceparent)s)
 RETURNING *;
 
 -- name: active_jobs_of_owner
@@ -292,7 +316,7 @@ DELETE FROM bundles WHERE bundle_id IN (
       AND last_accessed_at < now() - make_interval(secs => %(recent_seconds)s)
     ORDER BY last_accessed_at LIMIT 500 FOR UPDATE SKIP LOCKED
 ) AND status <> 'in_progress'
-RETURNING bucket, object_key, size_bytes;
+RETURNING bucket, object_key, size_bytes, kind;
 
 -- name: reap_over_budget
 -- Least recently used finished bundles beyond the total-size budget, except those accessed within
@@ -307,7 +331,7 @@ DELETE FROM bundles WHERE bundle_id IN (
     ) ranked
     WHERE running > %(budget_bytes)s AND last_accessed_at < now() - make_interval(secs => %(recent_seconds)s)
 ) AND status = 'success' AND last_accessed_at < now() - make_interval(secs => %(recent_seconds)s)
-RETURNING bucket, object_key, size_bytes;
+RETURNING bucket, object_key, size_bytes, kind;
 
 -- name: bundle_object_in_use
 -- COLLATE "C" here and below: the (bucket, object_key) indexes are in the "C" collation (migration 0007);
@@ -323,7 +347,8 @@ WHERE m.work_id = %(work_id)s ORDER BY m.position;
 SELECT 1 AS found FROM assets WHERE bucket = %(bucket)s AND object_key COLLATE "C" = %(object_key)s LIMIT 1;
 
 -- name: derivative_keys_referenced
-SELECT object_key FROM derivatives WHERE asset_id = %(asset_id)s AND object_key = ANY(%(object_keys)s::text[]);
+SELECT object_key FROM derivatives
+WHERE asset_id = ANY(%(asset_ids)s::text[]) AND object_key = ANY(%(object_keys)s::text[]);
 
 -- name: referenced_keys
 -- Every key of a bucket some row points at, in bytewise order (the order S3 lists in), for a cursor.
@@ -352,3 +377,20 @@ SELECT EXISTS (
 
 -- name: recent_works
 SELECT work_id, title FROM works ORDER BY updated_at DESC, work_id LIMIT %(limit)s;
+
+-- name: metrics_jobs
+-- The metrics endpoint, at each scrape: jobs not finished by kind and stage, and how long the oldest job
+-- ready to run has waited. Each branch matches a partial index (jobs_ready, jobs_running): finished jobs,
+-- most of the table, are never read.
+SELECT kind, stage, count(*) AS jobs,
+       coalesce(extract(epoch FROM now() - min(run_after) FILTER (WHERE run_after <= now())), 0)::float8
+           AS oldest_ready_seconds
+FROM jobs WHERE stage = 'queued' GROUP BY kind, stage
+UNION ALL
+SELECT kind, stage, count(*) AS jobs, 0::float8 AS oldest_ready_seconds
+FROM jobs WHERE stage IN ('running', 'finishing') GROUP BY kind, stage;
+
+-- name: metrics_bundles
+-- The metrics endpoint, at each scrape: built bundles stored, and their bytes.
+SELECT kind, count(*) AS bundles, coalesce(sum(size_bytes), 0)::bigint AS size_bytes
+FROM bundles WHERE status = 'success' GROUP BY kind;

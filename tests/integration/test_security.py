@@ -202,7 +202,7 @@ def test_the_principal_is_on_the_log_lines_of_its_calls(guarded: Guarded) -> Non
         if lines:
             break
         time.sleep(0.1)
-    assert lines and all(" [reader]: " in line for line in lines), lines
+    assert lines and all(f" [reader] work={work_id}: " in line for line in lines), lines  # and the request's work
 
 
 def test_tokens_rotate_without_a_restart(guarded: Guarded) -> None:

@@ -4,7 +4,7 @@ from core.database import QUERIES, migrations
 
 
 def test_named_queries_load() -> None:
-    assert {"get_asset", "insert_asset", "claim_job", "upsert_derivative"} <= set(QUERIES)
+    assert {"get_asset", "insert_asset", "claim_job", "upsert_derivatives"} <= set(QUERIES)
     assert all(sql and "-- name:" not in sql for sql in QUERIES.values())
 
 
