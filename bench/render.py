@@ -343,7 +343,7 @@ def progress(data: dict[str, Any]) -> str:
                 f"{mib(before['process'])} → {mib(peak['process'])} / {mib(before['tree'])} → {mib(peak['tree'])}",
                 "—" if c["new_connections"] is None else str(c["new_connections"]),
                 " / ".join(f"{sec:.1f} ({sec / wall:.2f})" for sec in c["cpu_s"].values()),
-                _marginal(c, cases["control"]) if name.startswith(("bundle", "niced")) else "—",
+                _marginal(c, cases["control"]) if name.startswith(("bundle", "niced", "split")) else "—",
             ]
         )
     first = cases["bundle1"]

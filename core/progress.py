@@ -1,24 +1,32 @@
-"""Progress fan-out: one LISTEN connection per process, many watchers.
+"""Progress fan-out: one LISTEN connection per process, one shared feed per job, many watchers.
 
-NOTIFY only wakes the hub; it reads new events from `progress_events` once per job
-(not once per watcher) and hands them to every watcher of that job. A periodic
-re-read covers a missed notification or a reconnect. Each watcher has a bounded
-buffer: a watcher that falls behind loses its backlog and is told to resync from a
-fresh snapshot, so a slow client costs memory for the latest state only.
+NOTIFY only wakes the hub; it reads a job's new events from `progress_events` once (not once
+per watcher) into the job's `JobFeed` and wakes the job's watchers with one shared signal. A
+watcher keeps only a cursor (the last seq it was sent) into the feed, so handing an event to N
+watchers is N wake-ups and no per-watcher copies or buffers. A periodic re-read covers a missed
+notification or a reconnect. Heartbeats are per job too: one timer, re-armed at each change.
+
+Coalescing (the rule, in `plan`): a watcher is sent every change that arrives while it is idle
+(waiting for one). Changes that arrive while it is busy (its stream still sending the previous
+event, or its turn on the event loop not come yet) are coalesced: it is sent the latest state
+once, as a snapshot. A final event and a new attempt's first event (a takeover or a restart,
+`_restarted`) are never coalesced away. The feed keeps the last BUFFER events; a watcher further
+behind than that gets the latest state as a snapshot too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import psycopg
 
+from core import metrics
 from core.database import Database
 from core.errors import InvalidArgument
 from core.queue import PROGRESS_CHANNEL, JobQueue
@@ -31,34 +39,136 @@ BUFFER = 256
 READ_LIMIT = 1000
 
 
-class Subscription:
-    """One watcher's view of one job: events past `last_seq`, or a request to resync."""
+@dataclass(frozen=True)
+class Update:
+    """One event for a watcher: a job's state, and on the final one the whole job."""
 
-    def __init__(self, job_id: uuid.UUID, last_seq: int) -> None:
+    event: ProgressEvent
+    snapshot: bool = False
+    heartbeat: bool = False
+    # Set on the final update only (the job reached a terminal stage).
+    job: Job | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.job is not None
+
+    @property
+    def key(self) -> tuple[uuid.UUID, int, bool, bool, bool]:
+        """Equal for updates that say the same thing (a seq's content never changes), whichever
+        watcher they go to: a face may encode an update once per key and send the bytes to all."""
+        return self.event.job_id, self.event.seq, self.snapshot, self.heartbeat, self.final
+
+
+class JobFeed:
+    """One job's recent events in this process, shared by all its watchers (see the module docstring).
+
+    `events` holds the last BUFFER events read (ascending seq), `head` the highest seq read,
+    `floor` the seq below which events were dropped (a cursor below it has a gap). `final` is
+    the final update, set with the terminal event. `beats` counts heartbeats.
+    """
+
+    def __init__(self, job_id: uuid.UUID, seq: int, heartbeat_seconds: float) -> None:
         self.job_id = job_id
-        self.last_seq = last_seq  # highest seq handed to this watcher
-        self.events: deque[ProgressEvent] = deque()
-        self.resync = False
-        self.wake = asyncio.Event()
+        self.head = seq
+        self.floor = seq
+        self.seqs: list[int] = []
+        self.events: list[ProgressEvent] = []
+        self.final: Update | None = None
+        self.beats = 0
+        self.watchers = 0
+        self.heartbeat_seconds = heartbeat_seconds
+        self._waiters: list[asyncio.Future[int]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False  # its last watcher left: no more heartbeats (a read under way may still add)
 
-    def push(self, events: list[ProgressEvent]) -> None:
-        fresh = [e for e in events if e.seq > self.last_seq]
+    def add(self, events: list[ProgressEvent], final: Update | None = None) -> bool:
+        """Keep the events past `head` (and the final update, with the terminal event); wake the
+        watchers if there was anything new. Once per job, not per watcher."""
+        fresh = [e for e in events if e.seq > self.head]
         if not fresh:
-            return
-        self.last_seq = fresh[-1].seq
-        if len(self.events) + len(fresh) > BUFFER:
-            self.events.clear()  # fallen behind: drop the backlog, send the latest state instead
-            self.resync = True
-        else:
-            self.events.extend(fresh)
-        self.wake.set()
+            return False
+        self.seqs += [e.seq for e in fresh]
+        self.events += fresh
+        if len(self.events) > BUFFER:
+            drop = len(self.events) - BUFFER
+            self.floor = self.seqs[drop - 1]
+            del self.seqs[:drop], self.events[:drop]
+        self.head = fresh[-1].seq
+        if final is not None:
+            self.final = final
+        self._wake()
+        return True
 
-    def take(self) -> tuple[list[ProgressEvent], bool]:
-        events, resync = list(self.events), self.resync
-        self.events.clear()
-        self.resync = False
-        self.wake.clear()
-        return events, resync
+    def after(self, seq: int) -> tuple[list[ProgressEvent], bool]:
+        """The events past `seq`, and whether some between were already dropped (a gap)."""
+        if seq >= self.head:
+            return [], False
+        return self.events[bisect.bisect_right(self.seqs, seq) :], seq < self.floor
+
+    async def wait(self) -> int:
+        """Until the next change or heartbeat: the head at that moment (what arrived while waiting)."""
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        if self._timer is None:
+            self._arm()
+        return await fut  # cancelled (the watcher left): only this watcher's future is
+
+    def beat(self) -> None:
+        self.beats += 1
+        self._wake()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for fut in self._waiters:
+            fut.cancel()
+        self._waiters = []
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        head = self.head
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(head)
+        self._arm()
+
+    def _arm(self) -> None:
+        """(Re)start the heartbeat: heartbeat_seconds after the job's last change or heartbeat."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._closed:
+            self._timer = asyncio.get_running_loop().call_later(self.heartbeat_seconds, self.beat)
+
+
+def plan(last: ProgressEvent, pending: list[ProgressEvent], idle_upto: int, gap: bool) -> list[ProgressEvent | Update]:
+    """What a watcher is sent for `pending` (the events past its cursor), its last event sent being `last`.
+
+    Events up to seq `idle_upto` arrived while it was idle: each is sent. The rest arrived while it
+    was busy: only the latest is sent, as a snapshot, except that a new attempt's first event
+    (`_restarted`) and the terminal event are never dropped. `gap`: events before `pending` were
+    already dropped, so the first one sent is a snapshot. Stops at the terminal event, returned
+    as the event itself (the caller sends its final update); the others come as updates.
+    """
+    out: list[ProgressEvent | Update] = []
+    skipped = gap
+    before = last
+    for i, event in enumerate(pending):
+        if event.stage.terminal:
+            out.append(event)
+            break
+        restarted = _restarted(before, event)
+        before = event
+        is_latest = i == len(pending) - 1
+        if event.seq <= idle_upto or restarted or is_latest:
+            out.append(Update(event, snapshot=skipped or restarted))
+            skipped = False
+        else:
+            skipped = True
+    return out
 
 
 class ProgressHub:
@@ -70,7 +180,7 @@ class ProgressHub:
         self.heartbeat_seconds = heartbeat_seconds
         self._reads: SingleFlight[Job] = SingleFlight()
         self.reread_seconds = reread_seconds
-        self._subs: dict[uuid.UUID, set[Subscription]] = {}
+        self._feeds: dict[uuid.UUID, JobFeed] = {}
         self._dirty: set[uuid.UUID] = set()
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,21 +201,26 @@ class ProgressHub:
         """The job, read once for all watchers that need it at least this fresh."""
         return await self._reads.do((job_id, at_least_seq), lambda: self.queue.get(job_id))
 
-    def _subscribe(self, job_id: uuid.UUID, last_seq: int) -> Subscription:
-        sub = Subscription(job_id, last_seq)
-        self._subs.setdefault(job_id, set()).add(sub)
-        self._mark(job_id)  # deliver anything written between the caller's read and now
-        return sub
+    def _subscribe(self, job_id: uuid.UUID, seq: int) -> JobFeed:
+        feed = self._feeds.get(job_id)
+        if feed is None:
+            feed = self._feeds[job_id] = JobFeed(job_id, seq, self.heartbeat_seconds)
+            # Deliver anything written between the caller's read and now (a NOTIFY that came before the feed
+            # existed was dropped). A feed that existed heard every NOTIFY since: no read per new watcher.
+            self._mark(job_id)
+        feed.watchers += 1
+        metrics.watchers_changed(1)
+        return feed
 
-    def _unsubscribe(self, sub: Subscription) -> None:
-        subs = self._subs.get(sub.job_id)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subs[sub.job_id]
+    def _unsubscribe(self, feed: JobFeed) -> None:
+        feed.watchers -= 1
+        metrics.watchers_changed(-1)
+        if feed.watchers == 0 and self._feeds.get(feed.job_id) is feed:
+            del self._feeds[feed.job_id]
+            feed.close()
 
     def _mark(self, job_id: uuid.UUID) -> None:
-        if job_id in self._subs:
+        if job_id in self._feeds:
             self._dirty.add(job_id)
             self._kick.set()
 
@@ -115,7 +230,7 @@ class ProgressHub:
             try:
                 async with await psycopg.AsyncConnection.connect(self.db.url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {PROGRESS_CHANNEL}")
-                    for job_id in list(self._subs):  # catch up on anything missed while disconnected
+                    for job_id in list(self._feeds):  # catch up on anything missed while disconnected
                         self._mark(job_id)
                     async for note in conn.notifies():
                         with contextlib.suppress(ValueError):
@@ -127,7 +242,7 @@ class ProgressHub:
     async def _reread_loop(self) -> None:
         while True:
             await asyncio.sleep(self.reread_seconds)
-            for job_id in list(self._subs):
+            for job_id in list(self._feeds):
                 self._mark(job_id)
 
     async def _deliver_loop(self) -> None:
@@ -142,17 +257,20 @@ class ProgressHub:
                     log.warning("progress read for %s failed: %s", job_id, exc)
 
     async def _deliver(self, job_id: uuid.UUID) -> None:
-        subs = self._subs.get(job_id)
-        if not subs:
-            return
-        after = min(s.last_seq for s in subs)
-        while True:
-            events = await self._events_after(job_id, after, READ_LIMIT)
-            for sub in list(self._subs.get(job_id, ())):
-                sub.push(events)
+        feed = self._feeds.get(job_id)
+        while feed is not None and feed.final is None:
+            events = await self._events_after(job_id, feed.head, READ_LIMIT)
+            final = None
+            for event in events:
+                if event.stage.terminal:
+                    # Keyed by this event's seq: the shared read starts after the final write committed.
+                    job = await self.job(job_id, event.seq)
+                    final = Update(ProgressEvent.of_job(job), job=job)
+                    break
+            feed.add(events, final)
             if len(events) < READ_LIMIT:
                 return
-            after = events[-1].seq
+            feed = self._feeds.get(job_id)
 
     async def _events_after(self, job_id: uuid.UUID, after_seq: int, limit: int) -> list[ProgressEvent]:
         rows = await self.db.fetchall("events_after", job_id=job_id, after_seq=after_seq, limit=limit)
@@ -168,66 +286,66 @@ class ProgressHub:
 
     async def watch(self, job_id: uuid.UUID, after_seq: int = 0) -> AsyncIterator[Update]:
         """A job's progress: first its state (or the events missed since `after_seq`), then each
-        change, heartbeats while quiet, and a final update carrying the whole job."""
+        change (coalesced while the watcher is busy, see `plan`), heartbeats while quiet, and a
+        final update carrying the whole job."""
         # A shared read may predate our request: harmless, events after its seq come from the table.
         job = await self.job(job_id)
         if after_seq > job.seq:
             raise InvalidArgument.one("after_seq", f"is past the target's current seq {job.seq}")
-        sub = self._subscribe(job_id, job.seq)
+        feed = self._subscribe(job_id, job.seq)
         try:
             missed = await self._replay(job_id, after_seq, job.seq) if 0 < after_seq < job.seq else None
             if job.stage.terminal:
-                yield Update(ProgressEvent.of_job(job), snapshot=True, job=job)
+                yield _sent(Update(ProgressEvent.of_job(job), snapshot=True, job=job))
                 return
             if missed:
                 for i, event in enumerate(missed):
-                    yield Update(event, snapshot=i == 0 or _restarted(missed[i - 1], event))
+                    yield _sent(Update(event, snapshot=i == 0 or _restarted(missed[i - 1], event)))
             else:
-                yield Update(ProgressEvent.of_job(job), snapshot=True)
-            last = ProgressEvent.of_job(job)
-            while True:
-                try:
-                    await asyncio.wait_for(sub.wake.wait(), self.heartbeat_seconds)
-                except TimeoutError:
-                    yield Update(last, heartbeat=True)
-                    continue
-                events, resync = sub.take()
-                if resync:
-                    job = await self.job(job_id, sub.last_seq)
-                    sub.last_seq = max(sub.last_seq, job.seq)
-                    last = ProgressEvent.of_job(job)
-                    yield Update(last, snapshot=True, job=job if job.stage.terminal else None)
-                    if job.stage.terminal:
-                        return
-                    continue
-                for event in events:
-                    if event.stage.terminal:
-                        # Keyed by this event's seq: the shared read starts after the final write committed.
-                        job = await self.job(job_id, event.seq)
-                        yield Update(ProgressEvent.of_job(job), job=job)
-                        return
-                    yield Update(event, snapshot=_restarted(last, event))
-                    last = event
+                yield _sent(Update(ProgressEvent.of_job(job), snapshot=True))
+            async for update in follow(feed, ProgressEvent.of_job(job)):
+                yield update
         finally:
-            self._unsubscribe(sub)
+            self._unsubscribe(feed)
+
+
+async def follow(feed: JobFeed, last: ProgressEvent) -> AsyncIterator[Update]:
+    """A watcher of `feed` after `last` (the state it was sent): each change (coalesced while it is busy,
+    see `plan`), a heartbeat repeating `last` when the feed beats while nothing changed, and the final update.
+
+    Its own state is a cursor and two counters: the per-watcher cost of an event is a wake-up and a slice.
+    """
+    cursor, beats = last.seq, feed.beats
+    idle_upto = cursor  # what arrives before the first wait arrives while the caller sends `last`: busy
+    while True:
+        pending, gap = feed.after(cursor)
+        if not pending:
+            idle_upto = await feed.wait()
+            if feed.beats != beats and feed.head <= cursor:
+                beats = feed.beats
+                yield _sent(Update(last, heartbeat=True))
+            continue
+        beats = feed.beats
+        cursor = pending[-1].seq
+        for item in plan(last, pending, idle_upto, gap):
+            if isinstance(item, ProgressEvent):  # terminal: the feed has its final update
+                assert feed.final is not None
+                yield _sent(feed.final)
+                return
+            last = item.event
+            yield _sent(item)
+        idle_upto = cursor
+
+
+def _sent(update: Update) -> Update:
+    """`update`, counted for the metrics as it is handed to a watcher."""
+    metrics.progress_sent(
+        "final" if update.final else "heartbeat" if update.heartbeat else "snapshot" if update.snapshot else "event"
+    )
+    return update
 
 
 def _restarted(before: ProgressEvent, event: ProgressEvent) -> bool:
     """A new attempt after a started one (a takeover, a retry) starts over from done 0: a snapshot,
     not the next step. The first start (attempt 0 -> 1) is the next step."""
     return event.attempt != before.attempt and before.attempt > 0
-
-
-@dataclass(frozen=True)
-class Update:
-    """One event for a watcher: a job's state, and on the final one the whole job."""
-
-    event: ProgressEvent
-    snapshot: bool = False
-    heartbeat: bool = False
-    # Set on the final update only (the job reached a terminal stage).
-    job: Job | None = None
-
-    @property
-    def final(self) -> bool:
-        return self.job is not None

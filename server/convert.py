@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, status_pb2
@@ -158,6 +159,36 @@ def progress_event(update: Update) -> pb.ProgressEvent:
         if update.job.stage is Stage.FAILED:
             event.error.CopyFrom(result.error)
     return event
+
+
+class ProgressMessages:
+    """WatchProgress messages serialized once for all the watchers they go to, by `Update.key` (and, for a
+    bundle's final event, the bundle): N watchers of a job cost one SerializeToString per event."""
+
+    # A bundle's final event carries a signed URL: kept this long, so a late watcher's URL is fresh.
+    BUNDLE_TTL_SECONDS = 5.0
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._cache: ExpiringLRU[tuple[object, ...], bytes] = ExpiringLRU(size)
+        self.encoded = 0  # messages serialized (cache misses), counted for the tests
+
+    def of(self, update: Update) -> bytes:
+        """The bytes of `update` (serialized now if no watcher needed them before)."""
+        return self.get(update) or self.encode(update)
+
+    def get(self, update: Update, bundle_id: uuid.UUID | None = None) -> bytes | None:
+        """The bytes of `update` if already serialized (with `bundle_id`'s bundle: a bundle's final event)."""
+        return self._cache.get((*update.key, bundle_id))
+
+    def encode(self, update: Update, bundle_id: uuid.UUID | None = None, bundle: pb.Bundle | None = None) -> bytes:
+        """Serialize `update` (with `bundle`, the bundle `bundle_id` at its final event) and keep the bytes."""
+        event = progress_event(update)
+        if bundle is not None:
+            event.bundle.CopyFrom(bundle)
+        data = event.SerializeToString()
+        self.encoded += 1
+        self._cache.put((*update.key, bundle_id), data, self.BUNDLE_TTL_SECONDS if bundle_id is not None else None)
+        return data
 
 
 def bundle(b: Bundle, urls: UrlSigner) -> pb.Bundle:

@@ -24,6 +24,7 @@ from derivatives.v1 import derivatives_pb2 as pb
 from derivatives.v1 import derivatives_pb2_grpc as pb_grpc
 from server import convert
 from server.auth import current_principal
+from server.rpc_trace import name_request
 from server.status import field_paths, streaming, unary
 
 log = logging.getLogger("derivatives.service")
@@ -31,6 +32,7 @@ MAX_PAGE = 10_000
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 # The request paths of the domain's fields, for the streamed uploads' header-then-chunks messages.
 UPLOAD_FIELDS = {"content_type": "header.content_type"}
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DerivativeService"].full_name
 
 
 class DerivativeService(pb_grpc.DerivativeServiceServicer):
@@ -39,6 +41,7 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         self.derivative_messages = convert.DerivativeMessages(domain.urls)
         # Watchers of one target ask for the same rows at once: one query serves them all.
         self._reads: SingleFlight[Any] = SingleFlight()
+        self.progress_messages = convert.ProgressMessages()
 
     def _asset(self, view: AssetView) -> pb.Asset:
         return convert.asset(view, self.derivative_messages)
@@ -231,9 +234,11 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
     # --- progress -----------------------------------------------------------------------------
 
     @streaming
-    async def WatchProgress(
+    async def WatchProgress(  # type: ignore[override]  # bytes, not messages: see add_to_server
         self, request: pb.WatchProgressRequest, context: Context
-    ) -> AsyncIterator[pb.ProgressEvent]:
+    ) -> AsyncIterator[bytes]:
+        """Yields serialized ProgressEvents (registered with a pass-through serializer, see `add_to_server`):
+        every watcher of a job gets the same bytes for the same update, serialized once."""
         target = request.WhichOneof("target")
         if target is None:
             raise InvalidArgument.one("target", "set exactly one of job_id or bundle_id")
@@ -245,17 +250,27 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         else:
             bundle_id = require_uuid(request.bundle_id, "bundle_id")
             job_id = await self._reads.do(("job of", bundle_id), lambda: self.d.bundles.job_of(bundle_id))
+        messages = self.progress_messages
         async for update in self.d.hub.watch(job_id, request.after_seq):
-            event = convert.progress_event(update)
-            if update.final and bundle_id is not None:  # a bundle's watcher wants the bundle: its URL, size, name
-                final_bundle = await self._reads.do(
-                    ("bundle", bundle_id, update.event.seq), lambda: self._final_bundle(bundle_id)
-                )
-                event.bundle.CopyFrom(final_bundle)
-            yield event
+            # A bundle's watcher wants the bundle on the final event: its URL, size, name.
+            if not update.final or bundle_id is None:
+                yield messages.of(update)
+                continue
+            data = messages.get(update, bundle_id)
+            if data is None:
+                final_bundle = await self._final_bundle(bundle_id, update.event.seq)
+                # The first watcher back from the shared read encodes it, the others find it.
+                data = messages.get(update, bundle_id) or messages.encode(update, bundle_id, final_bundle)
+            yield data
 
-    async def _final_bundle(self, bundle_id: uuid.UUID) -> pb.Bundle:
-        return self._bundle(await self.d.bundles.get(bundle_id))
+    async def _final_bundle(self, bundle_id: uuid.UUID, seq: int) -> pb.Bundle:
+        """The bundle at its job's final event, read once for all its watchers."""
+
+        async def read() -> pb.Bundle:
+            return self._bundle(await self.d.bundles.get(bundle_id))
+
+        bundle: pb.Bundle = await self._reads.do(("bundle", bundle_id, seq), read)
+        return bundle
 
     # --- bundles ------------------------------------------------------------------------------
 
@@ -297,11 +312,22 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         yield convert.reclaim_report(total, request.dry_run, done=True)
 
 
+def add_to_server(service: DerivativeService, server: grpc.aio.Server) -> None:
+    """Register DerivativeService on `server`; WatchProgress sends the bytes its handler yields as they are."""
+    pb_grpc.add_DerivativeServiceServicer_to_server(service, server)
+    # A registered handler takes precedence over the generic one; a later registration of a method replaces it.
+    watch = grpc.unary_stream_rpc_method_handler(
+        service.WatchProgress, request_deserializer=pb.WatchProgressRequest.FromString, response_serializer=None
+    )
+    server.add_registered_method_handlers(SERVICE_NAME, {"WatchProgress": watch})
+
+
 async def _header_and_chunks(messages: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[bytes]]:
     """Split a client stream of `oneof part { header; chunk }`: the header (required first), then the bytes."""
     first = await anext(aiter(messages), None)
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidArgument.one("header", "the first message must carry the header")
+    name_request(first.header)
 
     async def chunks() -> AsyncIterator[bytes]:
         async for message in messages:

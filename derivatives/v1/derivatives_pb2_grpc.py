@@ -257,7 +257,9 @@ class DerivativeServiceServicer:
 
     def WatchProgress(self, request, context):
         """Streams the progress of a job or a bundle build: a snapshot first, then one
-        event per change, heartbeats while nothing changes, and a final event.
+        event per change (or, while the stream is still sending an earlier event,
+        the latest state as a snapshot: see ProgressEvent.snapshot), heartbeats
+        while nothing changes, and a final event.
         Scope: `read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -147,7 +147,9 @@ class DerivativeServiceStub:
     """
     WatchProgress: _grpc.UnaryStreamMultiCallable[_derivatives_pb2.WatchProgressRequest, _derivatives_pb2.ProgressEvent]
     """Streams the progress of a job or a bundle build: a snapshot first, then one
-    event per change, heartbeats while nothing changes, and a final event.
+    event per change (or, while the stream is still sending an earlier event,
+    the latest state as a snapshot: see ProgressEvent.snapshot), heartbeats
+    while nothing changes, and a final event.
     Scope: `read`.
     """
     ReclaimStorage: _grpc.UnaryStreamMultiCallable[_derivatives_pb2.ReclaimStorageRequest, _derivatives_pb2.ReclaimStorageResponse]
@@ -248,7 +250,9 @@ class DerivativeServiceAsyncStub(DerivativeServiceStub):
     """
     WatchProgress: _aio.UnaryStreamMultiCallable[_derivatives_pb2.WatchProgressRequest, _derivatives_pb2.ProgressEvent]  # type: ignore[assignment]
     """Streams the progress of a job or a bundle build: a snapshot first, then one
-    event per change, heartbeats while nothing changes, and a final event.
+    event per change (or, while the stream is still sending an earlier event,
+    the latest state as a snapshot: see ProgressEvent.snapshot), heartbeats
+    while nothing changes, and a final event.
     Scope: `read`.
     """
     ReclaimStorage: _aio.UnaryStreamMultiCallable[_derivatives_pb2.ReclaimStorageRequest, _derivatives_pb2.ReclaimStorageResponse]  # type: ignore[assignment]
@@ -436,7 +440,9 @@ class DerivativeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_derivatives_pb2.ProgressEvent], _abc.AsyncIterator[_derivatives_pb2.ProgressEvent]]:
         """Streams the progress of a job or a bundle build: a snapshot first, then one
-        event per change, heartbeats while nothing changes, and a final event.
+        event per change (or, while the stream is still sending an earlier event,
+        the latest state as a snapshot: see ProgressEvent.snapshot), heartbeats
+        while nothing changes, and a final event.
         Scope: `read`.
         """
 
