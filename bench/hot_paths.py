@@ -5,10 +5,11 @@
 For each storage backend: a server (embedded Postgres, loopback only), `--filler` assets with 5
 derivatives each loaded straight into Postgres (so the tables are not toy-sized), 32 real assets
 with their 8 default derivatives, and two works of 20 and 1,000 members whose PDFs are built. Then
-`--clients` concurrent callers (two client processes) call each RPC for `--seconds` seconds:
+`--clients` concurrent callers (two client processes, 8 connections each) call each RPC for `--seconds` seconds:
 grpc.health.v1 Check (the stack's own ceiling: no database), GetAsset, and FindOrCreateBundle on
 each built PDF (a cache hit). Also measured once, outside the server: a hot query with and without
-a prepared statement, and the protobuf conversion of an 8-derivative asset.
+a prepared statement, and the protobuf conversion of an 8-derivative asset. Last, on file storage, the
+same data served by 1 and 2 serving processes (`--serving`, DERIVATIVES_SERVER_PROCESSES).
 
 Writes bench/results/hot_paths.json; `bench/render.py` turns it into the tables of
 docs/benchmarks.md. Bounded: a fixed number of clients for a fixed time, 127.0.0.1 only.
@@ -34,6 +35,7 @@ from bench.common import ROOT, WORK, machine_info, machine_line, now_text
 RESULTS = ROOT / "bench" / "results" / "hot_paths.json"
 CALLS = ("check", "get_asset", "hit_20", "hit_1000")
 PROCESSES = 2  # client processes; each runs clients/PROCESSES concurrent callers
+CHANNELS = 8  # connections per client process
 
 
 # --- load -----------------------------------------------------------------------------------
@@ -55,7 +57,9 @@ async def _callers(
     from derivatives.v1 import derivatives_pb2 as pb
     from derivatives.v1 import derivatives_pb2_grpc as pb_grpc
 
-    channels = [grpc.aio.insecure_channel(address) for _ in range(2)]
+    # Each its own connection: a server with several serving processes balances connections, not calls.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(CHANNELS)]
     latencies: list[float] = []
     await asyncio.sleep(max(0.0, start_at - time.time()))  # both processes start together
     end = time.monotonic() + seconds
@@ -102,6 +106,14 @@ def postgres_pids() -> list[int]:
     return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
 
 
+def server_pids(server_pid: int) -> list[int]:
+    """The server and its serving children (DERIVATIVES_SERVER_PROCESSES > 1), not its pool processes."""
+    import psutil
+
+    children = psutil.Process(server_pid).children()
+    return [server_pid, *(p.pid for p in children if "server.child" in " ".join(p.cmdline()))]
+
+
 def measure(
     address: str, call: str, targets: list[str], clients: int, seconds: float, server_pid: int
 ) -> dict[str, float]:
@@ -111,7 +123,7 @@ def measure(
     with ctx.Pool(PROCESSES) as pool:
         # Postgres backends live as long as their pooled connection: the same pids throughout.
         pids: dict[str, list[int]] = {
-            "server": [server_pid],
+            "server": server_pids(server_pid),
             "postgres": postgres_pids(),
             "clients": [p.pid for p in multiprocessing.active_children() if p.pid is not None],
         }
@@ -338,7 +350,20 @@ def run(storage: str, args: argparse.Namespace) -> dict[str, Any]:
                 call: measure_and_print(server, f"pool {size}", call, targets[call], args)
                 for call in ("check", "get_asset", "hit_20")
             }
-    return {"calls": calls, "costs": costs, "pool_sizes": pools}
+        serving: dict[str, dict[str, dict[str, float]]] = {}
+        for count in [int(n) for n in args.serving.split(",") if n] if storage == "file" else []:
+            server.stop()  # the same data, N serving processes (the default pool size)
+            server.env.pop("DERIVATIVES_DB_POOL_SIZE", None)
+            server.env["DERIVATIVES_SERVER_PROCESSES"] = str(count)
+            server.start()
+            if count > 1:  # all of them serve (start() waited for one to answer health)
+                server.wait_log(f"{count} serving processes on")
+            serving[str(count)] = {
+                call: measure_and_print(server, f"{count} serving", call, targets[call], args)
+                for call in ("check", "get_asset", "hit_20")
+            }
+        server.env.pop("DERIVATIVES_SERVER_PROCESSES", None)
+    return {"calls": calls, "costs": costs, "pool_sizes": pools, "serving_processes": serving}
 
 
 def baseline(args: argparse.Namespace) -> dict[str, Any]:
@@ -363,6 +388,9 @@ def main() -> int:
     parser.add_argument("--filler", type=int, default=200_000, help="filler assets (5 derivatives each)")
     parser.add_argument("--storage", default="file,s3")
     parser.add_argument("--pool-sizes", default="4,20", help="Postgres pool sizes to compare (file storage)")
+    parser.add_argument(
+        "--serving", default="1,2", help="DERIVATIVES_SERVER_PROCESSES values to compare (file storage)"
+    )
     parser.add_argument("--baseline-tree", type=Path, help="also measure the server of this checkout (file storage)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

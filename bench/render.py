@@ -149,6 +149,22 @@ def hot_paths(data: dict[str, Any]) -> str:
                     ["Postgres pool size (default 10: the table above)", "GetAsset vs Check", "hit_20 vs Check"], rows
                 ),
             ]
+        serving = result.get("serving_processes", {})
+        if serving:
+            one = serving.get("1", {}).get("get_asset", {}).get("calls_per_second")
+            rows = [
+                [
+                    count,
+                    *(
+                        f"{serving[count][c]['calls_per_second']:,.0f} ({serving[count][c]['p99_ms']:.0f} ms)"
+                        for c in ("check", "get_asset", "hit_20")
+                    ),
+                    f"{serving[count]['get_asset']['calls_per_second'] / one:.2f}x" if one else "—",
+                ]
+                for count in serving
+            ]
+            header = columns("serving processes | Check calls/s (p99) | GetAsset | hit_20 | GetAsset vs 1 process")
+            out += ["", table(header, rows)]
         costs = result["costs"]
         out += [
             "",

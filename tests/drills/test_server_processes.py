@@ -60,7 +60,7 @@ def _children(server: ServerProcess) -> list[psutil.Process]:
 
 def _start(server: ServerProcess, count: int = 2) -> ServerProcess:
     server.start()
-    _wait("the serving processes", lambda: f"{count} serving processes on" in server.log_path.read_text())
+    server.wait_log(f"{count} serving processes on")
     assert len(_children(server)) == count
     return server
 

@@ -146,7 +146,9 @@ def hot_paths() -> dict[str, Any]:
     call = {"calls_per_second": 1000.0, "p50_ms": 10.0, "p99_ms": 20.0, "server_cpu_us_per_call": 300.0}
     call |= {"postgres_cpu_us_per_call": 10.0, "clients_cpu_us_per_call": 200.0}
     calls = {"check": call, "get_asset": call | {"calls_per_second": 400.0}}
+    serving = {"1": calls | {"hit_20": call}, "2": calls | {"hit_20": call}}
     storage = {"file": {"calls": calls, "costs": {"hot_query_us": 150.0}, "pool_sizes": {}}}
+    storage["file"]["serving_processes"] = serving
     head = {"when": "2026-01-01 00:00 UTC", "machine": "2 cores", "clients": 64, "seconds": 10.0}
     return head | {"filler_assets": 100, "storage": storage}
 
