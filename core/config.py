@@ -24,12 +24,24 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")
 RULE_KEYS = frozenset({"gt", "ge", "le", "pattern", "choices", "ignore_case", "check"})
 
 
+def split_listen(value: str) -> tuple[str, int]:
+    """A TCP listen address as (host, port): `host:port`, `[v6]:port` (brackets dropped) or `:port` (host "":
+    every interface, which each listener binds its own way). Port 0-65535 (0 picks a free port); ValueError else."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"must be host:port (port 0-65535), got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
 def _host_port(value: str) -> str | None:
     """A gRPC listen address: [host]:port with port 0-65535 (0 picks a free port), or unix:PATH."""
     if value.startswith(("unix:", "unix-abstract:")) and value.split(":", 1)[1]:
         return None
-    _host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    try:
+        split_listen(value)
+    except ValueError:
         return f"must be host:port (port 0-65535) or unix:PATH, got {value!r}"
     return None
 

@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from core.errors import Unavailable
+from core.pids import alive as process_alive
 from core.records import Row
 
 log = logging.getLogger("derivatives.database")
@@ -106,7 +107,7 @@ class EmbeddedPostgres:
             pids = json.loads(handles.read_text())
             # Our own pid too, unless this process already holds a handle (pgserver would not add it again).
             mine = self.pgdata.resolve() in pgserver.postgres_server.PostgresServer._instances
-            alive = [pid for pid in pids if _alive(pid) and (pid != os.getpid() or mine)]
+            alive = [pid for pid in pids if process_alive(pid) and (pid != os.getpid() or mine)]
             if alive != pids:
                 handles.write_text(json.dumps(alive))
                 log.info("embedded postgres: forgot handles of dead processes %s", sorted(set(pids) - set(alive)))
@@ -148,16 +149,6 @@ class DataDirInUse(Exception):
             f"the data directory {data_dir} is in use by another derivatives server ({holder}): "
             "one server per DERIVATIVES_DATA_DIR (set DERIVATIVES_SERVER_PROCESSES for more processes)"
         )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def _pgserver() -> Any:

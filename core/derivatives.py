@@ -21,11 +21,21 @@ from dataclasses import dataclass, field
 
 from psycopg.types.json import Jsonb
 
+from core import failpoints
 from core.database import Database
 from core.errors import FailedPrecondition, NotFound, Reason
 from core.media import EXTENSIONS, Spooled, pixel_size, resolve_media_type
 from core.queue import JobQueue
-from core.records import Asset, AssetFailure, Derivative, DerivativesPayload, Job, JobKind, Location
+from core.records import (
+    Asset,
+    AssetFailure,
+    Derivative,
+    DerivativesPayload,
+    FailureClass,
+    Job,
+    JobKind,
+    Location,
+)
 from core.shield import to_completion
 from core.storage import ObjectStorage, delete_quietly
 
@@ -48,10 +58,11 @@ class Made:
 
 @dataclass(frozen=True)
 class Failed:
-    """A derivative that could not be made, and why (one line)."""
+    """A derivative that could not be made, and why (one line, and its class: set where the failure is made)."""
 
     key: str
     reason: str
+    failure_class: FailureClass = FailureClass.OTHER
 
 
 @dataclass(frozen=True)
@@ -154,11 +165,11 @@ class Derivatives:
         out: list[list[Derivative] | None] = [[] for _ in outcomes]
         try:
             async with self.db.transaction() as conn:
-                current: dict[str, str] = {}
-                if made:
-                    ids = sorted({o.asset_id for o in outcomes if o.made})
-                    rows = await self.db.fetchall("lock_assets_originals", conn, asset_ids=ids)
-                    current = {r["asset_id"]: r["sha512"] for r in rows}
+                # Every asset the transaction writes is locked first, in asset_id order, those with failures only
+                # too (set_derivative_failures updates their rows): two batches that overlap never deadlock.
+                ids = sorted({o.asset_id for o in outcomes if o.made or o.failures})
+                rows = await self.db.fetchall("lock_assets_originals", conn, asset_ids=ids)
+                current = {r["asset_id"]: r["sha512"] for r in rows}
                 keep: dict[tuple[str, str], tuple[int, Made, str]] = {}  # (asset, key) -> (outcome, made, sha)
                 failures: list[dict[str, str]] = []
                 for i, o in enumerate(outcomes):
@@ -190,6 +201,7 @@ class Derivatives:
                         assert attached is not None
                         attached.append(Derivative.from_row(row))
                 if failures:
+                    await failpoints.hold("failures_recorded")  # a drill overlaps two batches here
                     await self.db.execute("set_derivative_failures", conn, failures=Jsonb(failures))
         except Exception:
             garbage = await self._unreferenced(

@@ -2,8 +2,10 @@
 what a crash leaves behind and what a race does.
 
 Tests set DERIVATIVES_TEST_FAILPOINTS to a comma-separated list of `name` or `name@n` (SIGKILL the
-n-th time that step is reached), `name~seconds` (wait that long there, the event loop free) and
-`name=value` (a number a test may set below its production bounds, see `number`);
+n-th time that step is reached), `name~seconds` (wait that long there, the event loop free),
+`name?path` (wait there until the file `path` exists, the event loop free: the test creates it once
+it has done what must happen first; without a timer to guess) and `name=value` (a number a test may
+set below its production bounds, see `number`);
 nothing else sets it, and without it a failpoint costs one environment lookup. A kill sends
 SIGKILL: no cleanup, no `finally`, as when the power goes out. From a pool process,
 `whole_server=True` kills the server that spawned it first.
@@ -17,12 +19,13 @@ import signal
 
 ENV = "DERIVATIVES_TEST_FAILPOINTS"
 _counts: dict[str, int] = {}
+POLL_SECONDS = 0.02  # how often a `name?path` hold looks for its file
 
 
 def _armed(name: str) -> tuple[str, str] | None:
     for entry in os.environ.get(ENV, "").split(","):
         entry = entry.strip()
-        for sep in ("@", "~"):
+        for sep in ("@", "~", "?"):
             if entry.partition(sep)[0] == name and sep in entry:
                 return sep, entry.partition(sep)[2]
         if entry == name:
@@ -57,11 +60,15 @@ def number(name: str, default: float) -> float:
 
 
 async def hold(name: str) -> None:
-    """Wait here, if armed (`name~seconds`); a kill failpoint of the same name fires too."""
+    """Wait here, if armed (`name~seconds`, `name?path`); a kill failpoint of the same name fires too."""
     if ENV not in os.environ:
         return
     armed = _armed(name)
     if armed is not None and armed[0] == "~":
         await asyncio.sleep(float(armed[1]))
+    elif armed is not None and armed[0] == "?":
+        # Polled: nothing to wait on (another process makes the file); a stat is cheap, and test-only.
+        while not os.path.exists(armed[1]):  # noqa: ASYNC110, ASYNC240
+            await asyncio.sleep(POLL_SECONDS)
     else:
         hit(name)

@@ -137,9 +137,12 @@ class Host:
         self.ctx = HostContext(settings, registry, name)
         self.roles = list(roles)
         self._stop = asyncio.Event()
+        self._grace: float | None = None  # the shutdown's grace period, if not the configured one
 
-    def stop(self) -> None:
-        """Begin the shutdown sequence (what SIGTERM and SIGINT do)."""
+    def stop(self, grace: float | None = None) -> None:
+        """Begin the shutdown sequence (what SIGTERM and SIGINT do); `grace` shortens the configured one."""
+        if grace is not None:
+            self._grace = grace if self._grace is None else min(grace, self._grace)
         self._stop.set()
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -171,6 +174,8 @@ class Host:
 
     async def _shutdown(self, started: list[Role]) -> None:
         grace = self.ctx.settings.shutdown_grace_seconds
+        if self._grace is not None:
+            grace = min(grace, self._grace)
         log.info("shutting down: in-flight work gets up to %.0fs", grace)
         drains = await asyncio.gather(*(r.drain(grace) for r in reversed(started)), return_exceptions=True)
         for role, result in zip(reversed(started), drains, strict=True):

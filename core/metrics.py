@@ -55,7 +55,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from core.records import BundleKind, JobKind, Stage
+from core import pids
+from core.config import split_listen
+from core.records import BundleKind, FailureClass, JobKind, Stage
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -100,39 +102,6 @@ class BundleLookup(StrEnum):
 class Eviction(StrEnum):
     IDLE = "idle"
     BUDGET = "budget"
-
-
-# Why a derivative failed, as a bounded class: the first pattern that matches a failure's reason (the
-# texts are made by worker/imaging.py, worker/tasks.py, worker/pool.py, worker/render.py, core/plan.py).
-FAILURE_CLASSES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (name, re.compile(pattern))
-    for name, pattern in (
-        ("out_of_memory", r"needs more memory than the worker's limit"),
-        ("too_large", r"over the limit of"),
-        ("too_narrow", r"not wider than max_width"),
-        (
-            "undecodable",
-            r"^(not a decodable image|not a readable PDF|PDF has no pages|PDF page has no size"
-            r"|PDF is password-protected|PDF page did not render|original could not be read)",
-        ),
-        ("no_definition", r"^(no definition of|definition makes no derivative|unknown transformer)"),
-        ("original_missing", r"original is missing from storage"),
-        ("worker_crashed", r"worker process died"),
-        ("original_replaced", r"^original replaced while rendering"),
-        ("asset_deleted", r"^asset was deleted"),
-        ("encode_failed", r"^could not make "),
-        ("internal", r"^internal error"),
-    )
-)
-OTHER_FAILURE = "other"
-
-
-def failure_class(reason: str) -> str:
-    """The bounded class of a derivative failure's reason (a label value): see FAILURE_CLASSES."""
-    for name, pattern in FAILURE_CLASSES:
-        if pattern.search(reason):
-            return name
-    return OTHER_FAILURE
 
 
 class Metrics:
@@ -286,6 +255,10 @@ def enabled() -> bool:
 _prepared: Path | None = None
 
 
+# A host's metrics directory: DIR_PREFIX + the top process's pid + a random part, in the temporary directory.
+DIR_PREFIX = "derivatives-metrics-"
+
+
 def prepare_multiprocess() -> Path:
     """Make this host's metrics directory and switch to multiprocess mode (see the module docstring).
 
@@ -297,13 +270,22 @@ def prepare_multiprocess() -> Path:
         return _prepared
     if _metrics is not None:
         raise RuntimeError("prepare_multiprocess() after a metric was made: that metric would not be shared")
-    path = Path(tempfile.mkdtemp(prefix="derivatives-metrics-"))
+    _remove_orphans()
+    path = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
     os.environ[ENV] = str(path)
     values.ValueClass = values.MultiProcessValue()  # this process imported prometheus_client before
     atexit.register(_remove, path, os.getpid())
     _prepared = path
     log.debug("metrics directory %s", path)
     return path
+
+
+def _remove_orphans() -> None:
+    """Directories of hosts that ended without their atexit (SIGKILL, out of memory): the owner's pid is in the name."""
+    for path in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*"):
+        owner = path.name.removeprefix(DIR_PREFIX).partition("-")[0]
+        if owner.isdigit() and not pids.alive(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove(path: Path, owner: int) -> None:
@@ -325,18 +307,8 @@ def sweep_dead_processes() -> None:
         return
     for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
         pid = int(os.path.basename(name).rsplit("_", 1)[1].removesuffix(".db"))
-        if not _alive(pid):
+        if not pids.alive(pid):
             mark_process_dead(pid, path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- events: one call per site ------------------------------------------------------------------
@@ -361,11 +333,11 @@ def asset_rendered(seconds: float) -> None:
     get().asset_seconds.observe(seconds)
 
 
-def derivative_failures(reasons: Iterable[str]) -> None:
-    """Derivatives (or whole assets) that could not be made, by the class of their reasons."""
+def derivative_failures(classes: Iterable[FailureClass]) -> None:
+    """Derivatives (or whole assets) that could not be made, by their class (set where each failure was made)."""
     m = get()
-    for reason in reasons:
-        m.failures.labels(failure_class(reason)).inc()
+    for failure_class in classes:
+        m.failures.labels(failure_class.value).inc()
 
 
 def bundle_lookup(kind: BundleKind, result: BundleLookup) -> None:
@@ -593,11 +565,6 @@ class DatabaseCollector:
             yield count
 
 
-def _listen_address(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 class MetricsRole:
     """Serves GET /metrics on DERIVATIVES_METRICS_LISTEN: every process of the host, and the database's
     values read at the scrape. After the domain (it reads Postgres). A taken port stops start-up (exit 1)."""
@@ -621,9 +588,9 @@ class MetricsRole:
         else:  # this process only (prepare_multiprocess was not called)
             self.registry.register(_Forward(REGISTRY))
         self.registry.register(self.collector)
-        host, port = _listen_address(self.listen)
-        try:
-            self._server = await asyncio.start_server(self._handle, host, port)
+        host, port = split_listen(self.listen)
+        try:  # host "" (`:port`): every interface
+            self._server = await asyncio.start_server(self._handle, host or None, port)
         except OSError as exc:
             raise SystemExit(f"cannot listen on {self.listen} (metrics): {exc.strerror or exc}") from None
         log.info("serving metrics on http://%s/metrics%s", self.listen, "" if path else " (this process only)")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from core.definitions import Definition, Registry
-from core.records import AssetFailure
+from core.records import AssetFailure, FailureClass
 
 
 class Original(Protocol):
@@ -67,7 +67,12 @@ def plan(
         if definition and definition.transformer != "none" and not would_upscale(definition, original.width):
             make.append(definition)
     failures = tuple(
-        AssetFailure(original.asset_id, key, f"no definition of {key!r} applies to {original.content_type}")
+        AssetFailure(
+            original.asset_id,
+            key,
+            f"no definition of {key!r} applies to {original.content_type}",
+            FailureClass.NO_DEFINITION,
+        )
         for key in only
         if key not in exclude and registry.resolve(key, original.content_type) is None
     )

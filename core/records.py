@@ -60,6 +60,32 @@ class BundleStatus(StrEnum):
     ERROR = "error"
 
 
+class FailureClass(StrEnum):
+    """Why a derivative (or a whole asset) could not be made, as a bounded class: set where the failure is made
+    (`Failed`, `AssetFailure`), and the `reason` label of derivatives_derivative_failures_total (docs/metrics.md)."""
+
+    OUT_OF_MEMORY = "out_of_memory"  # over the pool process's memory ceiling
+    TOO_LARGE = "too_large"  # pixels or decoded size over a limit
+    TOO_NARROW = "too_narrow"  # never upscaled
+    UNDECODABLE = "undecodable"  # a corrupt, truncated or unreadable image or PDF
+    NO_DEFINITION = "no_definition"  # nothing applies to the content type
+    ORIGINAL_MISSING = "original_missing"  # gone from storage
+    WORKER_CRASHED = "worker_crashed"  # the pool process died twice on it
+    ORIGINAL_REPLACED = "original_replaced"  # replaced while rendering: results discarded
+    ASSET_DELETED = "asset_deleted"
+    ENCODE_FAILED = "encode_failed"
+    INTERNAL = "internal"  # a bug or an unexpected library error
+    OTHER = "other"  # none of the above (and a failure stored before classes were)
+
+    @classmethod
+    def stored(cls, value: object) -> FailureClass:
+        """The class a stored failure names: OTHER for one stored without a class, or with one since dropped."""
+        try:
+            return cls(str(value))
+        except ValueError:
+            return cls.OTHER
+
+
 @dataclass(frozen=True)
 class Location:
     """Where an object lives in storage."""
@@ -220,13 +246,25 @@ class AssetFailure:
     asset_id: str
     key: str
     reason: str
+    failure_class: FailureClass = FailureClass.OTHER
 
     def as_json(self) -> dict[str, str]:
-        return {"asset_id": self.asset_id, "key": self.key, "reason": self.reason}
+        return {
+            "asset_id": self.asset_id,
+            "key": self.key,
+            "reason": self.reason,
+            "failure_class": self.failure_class.value,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AssetFailure:
-        return cls(str(data.get("asset_id", "")), str(data.get("key", "")), str(data.get("reason", "")))
+        """From jobs.failures; a failure stored before classes were (no `failure_class`) reads as OTHER."""
+        return cls(
+            str(data.get("asset_id", "")),
+            str(data.get("key", "")),
+            str(data.get("reason", "")),
+            FailureClass.stored(data.get("failure_class")),
+        )
 
 
 @dataclass(frozen=True)

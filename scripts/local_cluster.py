@@ -3,6 +3,7 @@ processes, M worker hosts, shared filesystem storage, a metrics endpoint per hos
 
     .venv/bin/python scripts/local_cluster.py --serving 2 --worker-hosts 2      # until Ctrl-C
     .venv/bin/python scripts/local_cluster.py --serving 2 --worker-hosts 1 --smoke   # a few calls, then stop
+    .venv/bin/python scripts/local_cluster.py --metrics-port auto --smoke   # free metrics ports, printed
     make cluster SERVING=2 WORKER_HOSTS=2
 
 Everything listens on 127.0.0.1 and lives under --dir (default .cluster/): Postgres in pg/, objects in data/,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -73,6 +75,25 @@ def started(log: Path, role: str) -> bool:
     return any("derivatives.host: started:" in line and role in line.split("started:")[1] for line in lines)
 
 
+def metrics_addresses(spec: str, hosts: int) -> list[str]:
+    """Each host's DERIVATIVES_METRICS_LISTEN: "" for none (`0`), PORT for the server and the next ports for the
+    worker hosts, or a free loopback port each (`auto`)."""
+    if spec == "auto":
+        sockets = [socket.socket() for _ in range(hosts)]
+        try:
+            for sock in sockets:  # all held until every port is chosen: no two hosts get the same one
+                sock.bind(("127.0.0.1", 0))
+            return [f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]
+        finally:
+            for sock in sockets:
+                sock.close()
+    try:
+        port = int(spec)
+    except ValueError:
+        raise SystemExit(f"--metrics-port: a port, 0 or auto, got {spec!r}") from None
+    return [f"127.0.0.1:{port + i}" if port else "" for i in range(hosts)]
+
+
 def base_env(args: argparse.Namespace, database_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DERIVATIVES_", "DATABASE_URL"))}
     env.update(
@@ -123,12 +144,15 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="pool processes per host (DERIVATIVES_WORKERS)")
     parser.add_argument("--port", type=int, default=50051, help="the gRPC port")
     parser.add_argument(
-        "--metrics-port", type=int, default=9464, help="the server's; worker hosts take the next; 0: none"
+        "--metrics-port",
+        default="9464",
+        help="the server's; worker hosts take the next; 0: none; auto: a free port for each host",
     )
     parser.add_argument("--dir", type=Path, default=ROOT / ".cluster")
     parser.add_argument("--smoke", action="store_true", help="make a few calls, print where the work ran, stop")
     args = parser.parse_args()
     args.dir = args.dir.resolve()
+    metrics = metrics_addresses(args.metrics_port, 1 + args.worker_hosts)
 
     from core.database import EmbeddedPostgres
 
@@ -140,7 +164,7 @@ def main() -> int:
         "DERIVATIVES_LISTEN": address,
         "DERIVATIVES_SERVER_PROCESSES": str(args.serving),
         "DERIVATIVES_WORKERS": str(args.workers),
-        "DERIVATIVES_METRICS_LISTEN": f"127.0.0.1:{args.metrics_port}" if args.metrics_port else "",
+        "DERIVATIVES_METRICS_LISTEN": metrics[0],
     }
     hosts = [
         Host(
@@ -152,14 +176,12 @@ def main() -> int:
         )
     ]
     for i in range(args.worker_hosts):
-        metrics = f"127.0.0.1:{args.metrics_port + 1 + i}" if args.metrics_port else ""
         env = base_env(args, database_url) | {
             "DERIVATIVES_WORKERS": str(args.workers),
-            "DERIVATIVES_METRICS_LISTEN": metrics,
+            "DERIVATIVES_METRICS_LISTEN": metrics[1 + i],
         }
-        hosts.append(
-            Host(f"worker-{i + 1}", [python, "-m", "worker"], env, args.dir / f"logs/worker-{i + 1}.log", metrics)
-        )
+        log = args.dir / f"logs/worker-{i + 1}.log"
+        hosts.append(Host(f"worker-{i + 1}", [python, "-m", "worker"], env, log, metrics[1 + i]))
     stopping = False
 
     def stop(*_: object) -> None:

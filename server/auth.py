@@ -35,7 +35,7 @@ import grpc
 from grpc_status import rpc_status
 
 from core import logs
-from core.config import Settings
+from core.config import Settings, split_listen
 from core.errors import PermissionDenied, Reason, Unauthenticated
 from server.rpc_trace import call_ended
 from server.status import to_status
@@ -208,7 +208,7 @@ def is_loopback(listen: str) -> bool:
     """Whether a listen address is reachable only from this host (unix sockets count)."""
     if listen.startswith(("unix:", "unix-abstract:")):
         return True
-    host = listen.rpartition(":")[0].strip("[]")
+    host = split_listen(listen)[0]
     if host == "localhost":
         return True
     try:

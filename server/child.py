@@ -24,6 +24,7 @@ from server.grpc_role import GrpcRole
 from server.http_role import HttpRole
 
 PARENT_CHECK_SECONDS = 1.0
+ORPHAN_GRACE_SECONDS = 1.0  # in-flight calls get this long when the parent is gone (its restart wants the port)
 
 
 async def _serve(host: Host, ready_fd: int, parent: int) -> None:
@@ -37,7 +38,8 @@ async def _serve(host: Host, ready_fd: int, parent: int) -> None:
     async def watch_parent() -> None:
         while os.getppid() == parent:  # noqa: ASYNC110  (nothing to wait on: the parent is re-parented away)
             await asyncio.sleep(PARENT_CHECK_SECONDS)
-        host.stop()  # the parent died (SIGKILL): nobody would stop us, and the port must be freed
+        # The parent died (SIGKILL): nobody would stop us, and the port must be freed soon, for a new parent.
+        host.stop(grace=ORPHAN_GRACE_SECONDS)
 
     tasks = [asyncio.create_task(tell_parent()), asyncio.create_task(watch_parent())]
     try:

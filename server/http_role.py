@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from core.config import split_listen
 from core.host import HostContext
 from server.auth import Security, is_loopback
 from server.http_app import make_app
@@ -47,14 +48,14 @@ class HttpRole:
 
     async def start(self, ctx: HostContext) -> None:
         settings = ctx.settings
-        host, _, port = settings.http_listen.rpartition(":")
+        host, port = split_listen(settings.http_listen)
         loopback = is_loopback(settings.http_listen)
         app = make_app(ctx.domain, self.security, settings, loopback)
         tls = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key} if settings.tls_cert else {}
         config = uvicorn.Config(
             app.app,
-            host=host.strip("[]") or "0.0.0.0",
-            port=int(port),
+            host=host or "0.0.0.0",
+            port=port,
             log_config=None,  # our logging, our format
             access_log=False,
             lifespan="off",

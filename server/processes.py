@@ -8,11 +8,12 @@ with its own gRPC server, HTTP face and progress hub, all on the same port (SO_R
 the kernel hands each new connection to one of them; a connection stays with its process,
 so a client needs several channels to use several processes).
 
-What holds the port against a second server: SO_REUSEPORT lets any process of the same user
-join a port, so the parent first binds each address *without* it (refused if anything serves
-there, as when N = 1) and only then turns it on for that socket, which it keeps, never
-listening. Its children can then join; a second server's parent cannot get past its own first
-bind. The data directory's lock (core/database.py) refuses a second server on the same data.
+What holds the port against a second server: the parent binds each address with SO_REUSEPORT
+(and SO_REUSEADDR, as gRPC does) and keeps that socket, never listening, so its children can
+join. A listener without SO_REUSEPORT (a one-process server, any other program) makes that bind
+fail; and since SO_REUSEPORT lets any process of the same user join, a lock file per address
+(in the temporary directory, held for the parent's life) keeps another parent out. The data
+directory's lock (core/database.py) refuses a second server on the same data.
 
 The parent supervises: a child that exits is started again (after a pause that grows while it
 keeps dying); on shutdown the children get SIGTERM and drain within the grace period, then
@@ -23,15 +24,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
+import re
 import signal
 import socket
 import sys
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
 
 from core import metrics
-from core.config import Settings, split_list
+from core.config import Settings, split_list, split_listen
 from core.host import HostContext
 from server.links import DEMO_KEY_ID, new_secret
 
@@ -46,9 +52,8 @@ class PortTaken(Exception):
     pass
 
 
-def _address(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
+class ChildFailed(Exception):
+    pass
 
 
 class PortClaim:
@@ -58,10 +63,11 @@ class PortClaim:
         self.listen = listen
         self.what = what
         self.sockets: list[socket.socket] = []
+        self._lock: TextIO | None = None
 
     def bind(self) -> str:
-        """Bind every address of `listen`; the resolved `host:port` (port 0 becomes the port bound)."""
-        host, port = _address(self.listen)
+        """Bind every address of `listen` and lock it; the resolved `host:port` (port 0: the port bound)."""
+        host, port = split_listen(self.listen)
         try:
             infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
             for family, kind, proto, _, address in infos:
@@ -69,20 +75,50 @@ class PortClaim:
                 self.sockets.append(sock)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # as gRPC binds [::]
+                # As gRPC's own listeners: the children can join, and connections of the last run still in
+                # TIME_WAIT do not hold a restart back. A listener without SO_REUSEPORT (a one-process server,
+                # anything else) still refuses this bind.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 sock.bind((address[0], port, *address[2:]))
                 port = sock.getsockname()[1]  # port 0: every address on the port the first one got
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # now the children may join
         except OSError as exc:
             self.close()
             raise PortTaken(
                 f"cannot listen on {self.listen}{self.what}: is another server running there? ({exc.strerror})"
             ) from None
-        return f"{self.listen.rpartition(':')[0]}:{port}"
+        resolved = f"{self.listen.rpartition(':')[0]}:{port}"
+        self._take_lock(host, port, resolved)
+        return resolved
+
+    def _take_lock(self, host: str, port: int, resolved: str) -> None:
+        """SO_REUSEPORT lets any server of the same user join the port: another parent's is kept out by a lock,
+        held as long as this process lives (the kernel drops it however the process ends)."""
+        name = re.sub(r"[^A-Za-z0-9.-]", "_", host or "any")
+        path = Path(tempfile.gettempdir()) / f"derivatives-listen-{name}-{port}.lock"
+        handle = open(path, "a+")  # held open until close(): the lock lives as long as the file is open
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            self.close()
+            raise PortTaken(
+                f"cannot listen on {resolved}{self.what}: another derivatives server serves there ({holder})"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
 
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()
         self.sockets.clear()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
 
 @dataclass
@@ -129,6 +165,8 @@ class ServingProcesses:
         waits = [asyncio.ensure_future(self._wait_ready(child)) for child in self.children]
         try:
             await asyncio.gather(*waits)
+        except ChildFailed as exc:  # SystemExit only here: raised in a task, it would stop the loop at once
+            raise SystemExit(str(exc)) from None
         finally:
             for wait in waits:
                 wait.cancel()
@@ -147,7 +185,7 @@ class ServingProcesses:
     async def _spawn(self, child: Child) -> None:
         read_fd, write_fd = os.pipe()
         try:
-            child.process = await asyncio.create_subprocess_exec(
+            process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "server.child",
@@ -160,8 +198,12 @@ class ServingProcesses:
                 # itself (a child stopping on its own would look like one that died).
                 start_new_session=True,
             )
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)
+        child.process = process
         child.starts += 1
         child.ready = asyncio.Event()
         child.reader = asyncio.create_task(self._read_ready(child, read_fd), name=f"serving-{child.index}-ready")
@@ -191,45 +233,60 @@ class ServingProcesses:
         if not child.ready.is_set():
             code = child.process.returncode
             why = f"exited with {code}" if code is not None else f"did not serve within {READY_TIMEOUT:.0f}s"
-            raise SystemExit(f"serving process {child.index} {why} during start-up (its lines above say why)")
+            raise ChildFailed(f"serving process {child.index} {why} during start-up (its lines above say why)")
 
     async def _supervise(self, child: Child) -> None:
+        """Wait for the child to exit; unless the host is stopping, start it again after a pause."""
         loop = asyncio.get_running_loop()
         while True:
-            assert child.process is not None
+            process = child.process
+            assert process is not None
             started = loop.time()
-            code = await child.process.wait()
-            metrics.process_exited(child.process.pid)  # its live gauges go; its counts stay
+            code = await process.wait()
+            metrics.process_exited(process.pid)  # its live gauges go; its counts stay
             if self._stopping:
                 return
-            child.pause = RESTART_PAUSE[0] if loop.time() - started >= STEADY_SECONDS else child.pause
+            if loop.time() - started >= STEADY_SECONDS:
+                child.pause = RESTART_PAUSE[0]
             log.error(
                 "serving process %d (pid %d) exited with %s; starting it again in %.0fs",
                 child.index,
-                child.process.pid,
+                process.pid,
                 code,
                 child.pause,
             )
-            await asyncio.sleep(child.pause)
-            child.pause = min(RESTART_PAUSE[1], child.pause * 2)
-            if self._stopping:
-                return
-            try:
-                await self._spawn(child)
-            except OSError as exc:  # no memory or file descriptors for now: the loop tries again, a little later
-                log.error("serving process %d could not be started: %s", child.index, exc)
-                continue
+            while True:
+                await asyncio.sleep(child.pause)
+                child.pause = min(RESTART_PAUSE[1], child.pause * 2)
+                if self._stopping:
+                    return
+                try:
+                    await self._spawn(child)
+                    break
+                except OSError as exc:  # no memory or file descriptors for now: try again, a little later
+                    log.error("serving process %d could not be started: %s", child.index, exc)
             metrics.serving_process_restarted()
+            if self._stopping:  # the shutdown began while it started: it drains with the others
+                self._terminate(child)
+
+    @staticmethod
+    def _terminate(child: Child) -> None:
+        if child.process is not None and child.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signal.SIGTERM)
 
     async def drain(self, grace: float) -> None:
         """SIGTERM to every child: each drains its calls within the grace period, as a single server would."""
         self._stopping = True
-        running = [c.process for c in self.children if c.process is not None and c.process.returncode is None]
-        for process in running:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-        if running:
-            await asyncio.wait([asyncio.ensure_future(p.wait()) for p in running], timeout=grace + 10)
+        for child in self.children:
+            self._terminate(child)
+        # A supervisor returns once its child has exited (one it started meanwhile is signalled too); before
+        # they exist (a start-up that failed half-way), the children themselves are waited for.
+        waits: list[asyncio.Future[Any]] = list(self._supervisors) or [
+            asyncio.ensure_future(c.process.wait()) for c in self.children if c.process is not None
+        ]
+        if waits:
+            await asyncio.wait(waits, timeout=grace + 10)
 
     async def stop(self) -> None:
         self._stopping = True

@@ -10,8 +10,8 @@ that decodes to more than `Limits.stream_above_bytes` and wants a full-size outp
 not held in memory: each full-size output streams from its own sequential decode, and
 the smaller sizes come from a second, shrink-on-load decode (docs/limits-measured.md).
 
-Every failure becomes a `Failed` per definition with a one-line reason: `render_all`
-never raises. An allocation refused under the pool process's memory ceiling (RLIMIT_AS)
+Every failure becomes a `Failed` per definition with a one-line reason and its class:
+`render_all` never raises. An allocation refused under the pool process's memory ceiling (RLIMIT_AS)
 fails that original with `OUT_OF_MEMORY`, and the process goes on.
 """
 
@@ -31,6 +31,7 @@ from core.config import Settings
 from core.definitions import Definition
 from core.derivatives import Failed
 from core.plan import would_upscale
+from core.records import FailureClass
 
 if TYPE_CHECKING:
     import pyvips
@@ -147,9 +148,10 @@ def render_all(
         if definition.transformer in groups:
             groups[definition.transformer].append((i, definition))
         elif definition.transformer == "none":
-            results[i] = Failed(definition.key, "definition makes no derivative")
+            results[i] = Failed(definition.key, "definition makes no derivative", FailureClass.NO_DEFINITION)
         else:
-            results[i] = Failed(definition.key, _short(f"unknown transformer {definition.transformer!r}"))
+            reason = _short(f"unknown transformer {definition.transformer!r}")
+            results[i] = Failed(definition.key, reason, FailureClass.NO_DEFINITION)
 
     makers: dict[str, Callable[[Path, list[Definition], Path, Limits, float], list[Rendered | Failed]]] = {
         "jpeg": _render_image,
@@ -162,11 +164,11 @@ def render_all(
         try:
             made = makers[transformer](original, defs, out_dir, limits, render_dpi)
         except MemoryError:  # Python's own allocation, under the process's ceiling
-            made = _all_failed(defs, OUT_OF_MEMORY)
+            made = _all_failed(defs, OUT_OF_MEMORY, FailureClass.OUT_OF_MEMORY)
         except Exception as exc:  # a bug or an unexpected library error: still no raise
             log.exception("%s of %s (%s) failed", transformer, original, content_type)
             reason = f"internal error: {type(exc).__name__}: {exc}".replace(str(original), "original")
-            made = _all_failed(defs, reason)
+            made = _all_failed(defs, reason, FailureClass.INTERNAL)
         for (i, _), result in zip(group, made, strict=True):
             results[i] = result
     return [results[i] for i in range(len(definitions))]
@@ -191,23 +193,27 @@ def _render_image(
         width, height, bands, band_format = shown.width, shown.height, header.bands, header.format
         orientation = header.get("orientation") if header.get_typeof("orientation") else 1
     except pyvips.Error as exc:
-        return _all_failed(defs, _decode_failure(exc, path))
+        return _all_failed(defs, *_decode_failure(exc, path))
     del header, shown  # no pixels, but open files
     if width * height > limits.max_pixels:
         return _all_failed(
-            defs, f"original is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}"
+            defs,
+            f"original is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}",
+            FailureClass.TOO_LARGE,
         )
     sample = _BYTES_PER_BAND.get(band_format, 8)
     decoded = width * height * bands * sample
     if decoded > limits.max_decoded_bytes:
         size, limit = _sizes(decoded, limits.max_decoded_bytes)
         shape = f"{width}x{height}, {bands} bands of {8 * sample} bits"
-        return _all_failed(defs, f"original decodes to {size} ({shape}), over the limit of {limit}")
+        return _all_failed(
+            defs, f"original decodes to {size} ({shape}), over the limit of {limit}", FailureClass.TOO_LARGE
+        )
 
     # Never upscale (the rule is core.plan's; the plan asked with the stored width, this asks with
     # the decoded one): such a size fails, the others go on.
     plan: list[int | Failed] = [
-        Failed(d.key, f"original is {width} px wide, not wider than max_width {d.max_width}")
+        Failed(d.key, f"original is {width} px wide, not wider than max_width {d.max_width}", FailureClass.TOO_NARROW)
         if would_upscale(d, width)
         else d.max_width or width
         for d in defs
@@ -233,7 +239,7 @@ def _render_image(
         else:
             base = _shrunk(path, max(widths))
     except pyvips.Error as exc:
-        return _all_failed(defs, _decode_failure(exc, path))
+        return _all_failed(defs, *_decode_failure(exc, path))
     return _derive(base, defs, plan, out_dir)
 
 
@@ -252,7 +258,7 @@ def _render_streamed(
         try:
             base = _shrunk(path, max(small.values()))
         except pyvips.Error as exc:
-            return _all_failed(defs, _decode_failure(exc, path))
+            return _all_failed(defs, *_decode_failure(exc, path))
         for i, step in small.items():
             results[i] = _derive_one(base, defs[i], step, out_dir)
         del base  # freed before the full-size decode
@@ -263,7 +269,8 @@ def _render_streamed(
         try:
             image = pyvips.Image.new_from_file(path, access=access, fail_on="error").autorot()
         except pyvips.Error as exc:
-            results[i] = Failed(defs[i].key, _short(_decode_failure(exc, path)))
+            reason, failure_class = _decode_failure(exc, path)
+            results[i] = Failed(defs[i].key, _short(reason), failure_class)
             continue
         results[i] = _derive_one(image, defs[i], step, out_dir)
         del image
@@ -287,18 +294,18 @@ def _render_pdf(
     try:
         doc = pdfium.PdfDocument(str(original))
     except pdfium.PdfiumError:
-        return _all_failed(defs, _pdf_load_failure(original))
+        return _all_failed(defs, _pdf_load_failure(original), FailureClass.UNDECODABLE)
     except OSError as exc:  # pypdfium2 checks the path itself
-        return _all_failed(defs, f"original could not be read: {type(exc).__name__}")
+        return _all_failed(defs, f"original could not be read: {type(exc).__name__}", FailureClass.UNDECODABLE)
     try:
         if len(doc) == 0:  # pdfium refuses to open these (above), but be safe
-            return _all_failed(defs, "PDF has no pages")
+            return _all_failed(defs, "PDF has no pages", FailureClass.UNDECODABLE)
         page = doc[0]
         try:
             # Points, with the page's /Rotate applied (as render() applies it).
             page_width, page_height = page.get_width(), page.get_height()
             if page_width <= 0 or page_height <= 0:
-                return _all_failed(defs, "PDF page has no size")
+                return _all_failed(defs, "PDF page has no size", FailureClass.UNDECODABLE)
             # A page is vector: any width renders, none is "too narrow"; full size is render_dpi.
             full_width = math.ceil(page_width * render_dpi / _POINTS_PER_INCH)
             plan: list[int | Failed] = [d.max_width or full_width for d in defs]
@@ -311,11 +318,12 @@ def _render_pdf(
                     f"PDF page renders at {width}x{height} = {width * height} pixels,"
                     f" over the limit of {limits.max_pixels}"
                 )
-                return _all_failed(defs, reason)
+                return _all_failed(defs, reason, FailureClass.TOO_LARGE)
             decoded = width * height * _PDF_BYTES_PER_PIXEL
             if decoded > limits.max_decoded_bytes:
                 size, limit = _sizes(decoded, limits.max_decoded_bytes)
-                return _all_failed(defs, f"PDF page renders to {size} ({width}x{height}), over the limit of {limit}")
+                reason = f"PDF page renders to {size} ({width}x{height}), over the limit of {limit}"
+                return _all_failed(defs, reason, FailureClass.TOO_LARGE)
             # Opaque white background by default, so no alpha; rev_byteorder gives RGB
             # rather than pdfium's native BGR (checked: a blue corner reads 00 00 fe).
             bitmap = page.render(scale=scale, rev_byteorder=True)
@@ -327,9 +335,9 @@ def _render_pdf(
             page.close()
     except pdfium.PdfiumError as exc:
         reason = _pdfium_reason(exc)
-        return _all_failed(
-            defs, OUT_OF_MEMORY if _ALLOCATION_FAILED.search(reason) else "PDF page did not render: " + reason
-        )
+        if _ALLOCATION_FAILED.search(reason):
+            return _all_failed(defs, OUT_OF_MEMORY, FailureClass.OUT_OF_MEMORY)
+        return _all_failed(defs, "PDF page did not render: " + reason, FailureClass.UNDECODABLE)
     finally:
         doc.close()
     return _derive(base, defs, plan, out_dir)
@@ -385,13 +393,13 @@ def _derive_one(base: pyvips.Image, d: Definition, width: int, out_dir: Path) ->
     try:
         return _save(base, d, width, out_dir)
     except MemoryError:
-        return Failed(d.key, OUT_OF_MEMORY)
+        return Failed(d.key, OUT_OF_MEMORY, FailureClass.OUT_OF_MEMORY)
     except (pyvips.Error, OSError) as exc:
         if isinstance(exc, pyvips.Error) and _out_of_memory(exc):
-            return Failed(d.key, OUT_OF_MEMORY)
+            return Failed(d.key, OUT_OF_MEMORY, FailureClass.OUT_OF_MEMORY)
         name = f"{d.key}.jpg"
         detail = _vips_reason(exc, str(out_dir / name), name) if isinstance(exc, pyvips.Error) else str(exc)
-        return Failed(d.key, _short(f"could not make {d.key}: {detail}"))
+        return Failed(d.key, _short(f"could not make {d.key}: {detail}"), FailureClass.ENCODE_FAILED)
 
 
 def _save(base: pyvips.Image, d: Definition, width: int, out_dir: Path) -> Rendered:
@@ -446,12 +454,14 @@ def _sha512(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _all_failed(defs: list[Definition], reason: str) -> list[Rendered | Failed]:
-    return [Failed(d.key, _short(reason)) for d in defs]
+def _all_failed(defs: list[Definition], reason: str, failure_class: FailureClass) -> list[Rendered | Failed]:
+    return [Failed(d.key, _short(reason), failure_class) for d in defs]
 
 
-def _decode_failure(exc: pyvips.Error, path: str) -> str:
-    return OUT_OF_MEMORY if _out_of_memory(exc) else "not a decodable image: " + _vips_reason(exc, path)
+def _decode_failure(exc: pyvips.Error, path: str) -> tuple[str, FailureClass]:
+    if _out_of_memory(exc):
+        return OUT_OF_MEMORY, FailureClass.OUT_OF_MEMORY
+    return "not a decodable image: " + _vips_reason(exc, path), FailureClass.UNDECODABLE
 
 
 def _out_of_memory(exc: pyvips.Error) -> bool:

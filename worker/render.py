@@ -25,7 +25,7 @@ from core.assets import Assets
 from core.definitions import Definition, Registry
 from core.derivatives import Derivatives, Failed, Made, Outcome
 from core.plan import Plan, plan
-from core.records import Asset, AssetFailure
+from core.records import Asset, AssetFailure, FailureClass
 from worker import tasks
 from worker.job import PROGRESS_INTERVAL
 from worker.pool import WorkerCrashed, WorkerPool
@@ -33,7 +33,9 @@ from worker.pool import WorkerCrashed, WorkerPool
 log = logging.getLogger("derivatives.render")
 
 
-# Asset rows read in one query.
+# Asset rows read in one query. A row may be read a few seconds before its render starts: an original replaced
+# meanwhile is rendered from the row read (or, deleted from storage already, fails "missing"), and the attach
+# discards those results all the same (its check is against the row locked then, core/derivatives.py).
 READ_BATCH = 64
 # Finished renders attached in one transaction: at most this many, gathered for at most as long as progress
 # is written at most (one write per batch), while renders go on (the pool does not wait for it: a slot is
@@ -62,7 +64,9 @@ class _Rendered:
 
     def outcome(self) -> Outcome:
         assert self.asset is not None
-        failed = (AssetFailure(self.asset_id, r.key, r.reason) for r in self.results if isinstance(r, Failed))
+        failed = (
+            AssetFailure(self.asset_id, r.key, r.reason, r.failure_class) for r in self.results if isinstance(r, Failed)
+        )
         made = tuple(r for r in self.results if isinstance(r, Made))
         return Outcome(self.asset_id, self.asset.sha512, made, (*self.planned_failures, *failed))
 
@@ -135,14 +139,14 @@ class Renderer:
         failures: list[AssetFailure] = []
         for outcome, derivatives in zip(outcomes, attached, strict=True):
             if derivatives is None:
-                failures.append(AssetFailure(outcome.asset_id, "", DISCARDED))
+                failures.append(AssetFailure(outcome.asset_id, "", DISCARDED, FailureClass.ORIGINAL_REPLACED))
             else:
                 failures.extend(outcome.failures)
         for rendered in batch:
             if rendered.asset is None:
                 log.info("asset %s was deleted before its derivatives were made", rendered.asset_id)
-                failures.append(AssetFailure(rendered.asset_id, "", "asset was deleted"))
-        metrics.derivative_failures(f.reason for f in failures)
+                failures.append(AssetFailure(rendered.asset_id, "", "asset was deleted", FailureClass.ASSET_DELETED))
+        metrics.derivative_failures(f.failure_class for f in failures)
         return failures
 
     async def _render_with_retry(self, asset: Asset, definitions: tuple[Definition, ...]) -> list[Made | Failed]:
@@ -155,7 +159,7 @@ class Renderer:
         try:
             return await self._render(asset, definitions)
         except WorkerCrashed as exc:
-            return [Failed(d.key, str(exc)) for d in definitions]
+            return [Failed(d.key, str(exc), FailureClass.WORKER_CRASHED) for d in definitions]
 
     async def _render(self, asset: Asset, definitions: tuple[Definition, ...]) -> list[Made | Failed]:
         """Run the pool task; if we are cancelled meanwhile, delete what it uploads once it ends."""
@@ -223,18 +227,20 @@ class _Run:
                         continue
                     await r.slots.acquire()
                     self.launched += 1
-                    group.create_task(self._render(asset, todo))
+                    # Released by the task's done callback, which runs even for a task cancelled before its first
+                    # step (a sibling's failure aborting the group): a `finally` inside it would never run, and the
+                    # slot, shared by every job of the process, would be lost for good.
+                    group.create_task(self._render(asset, todo)).add_done_callback(lambda _: r.slots.release())
         finally:
             self.fed = True
             self.wake.set()
 
     async def _render(self, asset: Asset, todo: Plan) -> None:
+        # Its slot is released when this task ends (feed's done callback): the next asset goes to the pool then,
+        # not after the attach.
         started = time.perf_counter()
-        try:
-            with tracing.asset_span(asset.asset_id):  # its log lines name the asset; a span when tracing is on
-                results = await self.renderer._render_with_retry(asset, todo.make)
-        finally:
-            self.renderer.slots.release()  # the next asset goes to the pool now, not after the attach
+        with tracing.asset_span(asset.asset_id):  # its log lines name the asset; a span when tracing is on
+            results = await self.renderer._render_with_retry(asset, todo.make)
         metrics.asset_rendered(time.perf_counter() - started)
         self._finish(_Rendered(asset.asset_id, asset, tuple(results), todo.failures))
 

@@ -23,7 +23,7 @@ from core.config import Settings, load_settings
 from core.definitions import Definition
 from core.derivatives import Failed, Made, object_key
 from core.logs import configure_logging
-from core.records import Asset, Location
+from core.records import Asset, FailureClass, Location
 from core.storage import ObjectMissing, ObjectStorage, open_storage
 
 if TYPE_CHECKING:
@@ -109,7 +109,8 @@ def make_derivatives(asset: Asset, definitions: tuple[Definition, ...]) -> list[
             if not original.exists():
                 storage.download(source.bucket, source.key, original)
         except ObjectMissing:
-            return [Failed(d.key, "the original is missing from storage") for d in definitions]
+            missing = "the original is missing from storage"
+            return [Failed(d.key, missing, FailureClass.ORIGINAL_MISSING) for d in definitions]
         out_dir = Path(tmp) / "out"
         out_dir.mkdir()
         limits = Limits.from_settings(settings)

@@ -167,15 +167,24 @@ def _sample(server: ServerProcess, name: str) -> float:
 
 def test_serving_processes_stop_when_their_parent_is_killed(tmp_path: Path, postgres: Postgres) -> None:
     env = server_env("file", postgres.new_database("orphans"), tmp_path / "data", None)
-    server = _start(
-        ServerProcess({**env, "DERIVATIVES_SERVER_PROCESSES": "2", "DERIVATIVES_WORKERS": "0"}, tmp_path / "s.log")
-    )
+    # A long grace: orphans must not use it (the new parent wants the port), even with streams open.
+    env |= {"DERIVATIVES_SERVER_PROCESSES": "2", "DERIVATIVES_WORKERS": "0", "DERIVATIVES_SHUTDOWN_GRACE": "120"}
+    server = _start(ServerProcess(env, tmp_path / "server.log"))
     children = _children(server)
-    assert server.stop(signal.SIGKILL) == -signal.SIGKILL
-    _, alive = psutil.wait_procs(children, timeout=30)
-    assert not alive, [p.pid for p in alive]
-    with socket.socket() as probe:  # and the port is free again
+    with ExitStack() as stack:
+        stubs = [derivatives_pb2_grpc.DerivativeServiceStub(stack.enter_context(_channel(server))) for _ in range(8)]
+        stubs[0].PutAsset(pb.PutAssetRequest(asset_id="quiet", data=images.jpeg(64, 48), skip_derivatives=True))
+        job = stubs[0].CreateDerivatives(pb.CreateDerivativesRequest(asset_ids=["quiet"]))  # no runner: stays queued
+        streams = [stub.WatchProgress(pb.WatchProgressRequest(job_id=job.job_id), timeout=300) for stub in stubs]
+        for stream in streams:
+            assert next(stream).snapshot  # open, on either child
+        assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+        _, alive = psutil.wait_procs(children, timeout=60)  # well under the 120 s grace
+        assert not alive, [p.pid for p in alive]
+    with socket.socket() as probe:  # and the port is free again, for a server (gRPC sets SO_REUSEADDR: the
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # closed streams' TIME_WAIT does not count)
         probe.bind(("127.0.0.1", server.port))
+        probe.listen()
 
 
 @pytest.mark.parametrize("first_processes", [1, 2])

@@ -11,16 +11,22 @@ import time
 import uuid
 from pathlib import Path
 
+from core import metrics
+from core.config import load_settings
 from core.database import Database
+from core.definitions import load_registry
 from core.derivatives import Derivatives, Made, Outcome, object_key
+from core.domain import open_domain
 from core.failpoints import ENV as FAILPOINTS
 from core.queue import PostgresQueue
-from core.records import AssetFailure, Location
+from core.records import AssetFailure, FailureClass, Job, Location
 from core.storage import FileStorage
 from derivatives.v1 import derivatives_pb2 as pb
 from tests import images
 from tests.harness import Postgres, ServerProcess, server_env
 from tests.helpers import wait_job
+from worker.pool import WorkerPool
+from worker.render import Batch, Renderer
 
 BUCKET = "derivatives"
 
@@ -53,6 +59,22 @@ def upload(storage: FileStorage, asset_id: str, key: str) -> Made:
 
 def stored(storage: FileStorage, location: Location) -> bool:
     return storage.stat(location.bucket, location.key) is not None
+
+
+def stored_failures(database_url: str, job_id: str) -> list[tuple[str, str, FailureClass]]:
+    """A job's failures as Postgres holds them (jobs.failures), each with its class."""
+
+    async def read() -> list[tuple[str, str, FailureClass]]:
+        db = Database(database_url, max_size=1)
+        await db.open()
+        try:
+            row = await db.fetchone("get_job", job_id=uuid.UUID(job_id))
+            assert row is not None
+            return [(f.asset_id, f.key, f.failure_class) for f in Job.from_row(row).failures]
+        finally:
+            await db.close()
+
+    return asyncio.run(read())
 
 
 def test_one_replaced_original_discards_only_its_own_results(postgres: Postgres, tmp_path: Path) -> None:
@@ -145,16 +167,56 @@ def test_the_same_asset_twice_in_a_batch_keeps_the_later_result(postgres: Postgr
     asyncio.run(scenario())
 
 
+def test_a_render_classes_the_failures_it_makes(postgres: Postgres, tmp_path: Path) -> None:
+    """worker/render.py's own failures, on real parts: a pool process that dies on every attempt (a memory ceiling
+    too low for it to start) fails the asset's keys as worker_crashed; an asset gone before its render is
+    asset_deleted. The failure metric counts each under its class. (original_replaced: the test below.)"""
+    env = {"DERIVATIVES_DATA_DIR": str(tmp_path / "data"), "DERIVATIVES_WORKER_MEMORY": "1"}
+    settings = load_settings(env)
+    crashed_id, gone_id = (f"classes-{name}-{uuid.uuid4().hex[:6]}" for name in ("crashed", "gone"))
+
+    def count(failure_class: FailureClass) -> float:
+        found = metrics.REGISTRY.get_sample_value("derivatives_derivative_failures_total", {"reason": failure_class})
+        return found or 0.0
+
+    async def scenario() -> None:
+        domain = await open_domain(settings, load_registry(), postgres.new_database("classes"), "test")
+        pool = WorkerPool(settings, 1)
+        try:
+            await insert_asset(domain.db, crashed_id, sha(1))
+            renderer = Renderer(domain.assets, domain.derivatives, domain.registry, pool)
+            await renderer.derive_many((crashed_id, gone_id), only=("thumb_mini",), on_batch=collect)
+        finally:
+            pool.shutdown()
+            await domain.close()
+
+    failures: list[AssetFailure] = []
+
+    async def collect(batch: Batch) -> None:
+        failures.extend(batch.failures)
+
+    before = {c: count(c) for c in FailureClass}
+    asyncio.run(scenario())
+    assert sorted((f.asset_id, f.key, f.failure_class) for f in failures) == [
+        (crashed_id, "thumb_mini", FailureClass.WORKER_CRASHED),
+        (gone_id, "", FailureClass.ASSET_DELETED),
+    ]
+    moved = {c: count(c) - before[c] for c in FailureClass if count(c) != before[c]}
+    assert moved == {FailureClass.WORKER_CRASHED: 1, FailureClass.ASSET_DELETED: 1}
+
+
 def test_a_job_discards_the_replaced_asset_alone(postgres: Postgres, tmp_path: Path) -> None:
-    """End to end: the server holds each batch between upload and attach (a failpoint) while b's original is
+    """End to end: the server holds every batch between upload and attach (a failpoint) until b's original is
     replaced; the job succeeds, a and c get their thumbnails, b's uploads are deleted and its failure says why."""
+    replaced = tmp_path / "b-replaced"  # the failpoint holds each batch until this file exists
+    database_url = postgres.new_database("batchjob")
     env = server_env(
         "file",
-        postgres.new_database("batchjob"),
+        database_url,
         tmp_path / "data",
         None,
         DERIVATIVES_WORKERS="2",
-        **{FAILPOINTS: "derivatives_rendered~3"},
+        **{FAILPOINTS: f"derivatives_rendered?{replaced}"},
     )
     server = ServerProcess(env, tmp_path / "server.log").start()
     try:
@@ -167,16 +229,19 @@ def test_a_job_discards_the_replaced_asset_alone(postgres: Postgres, tmp_path: P
             job = stub.CreateDerivatives(pb.CreateDerivativesRequest(asset_ids=ids, only=["thumb_mini"]))
             storage, bucket = server.storage(), server.settings.bucket_derivatives
             deadline = time.monotonic() + 60
-            while not list(storage.list(bucket, f"{b}/thumb_mini/")):  # uploaded; held at least 3 s before attach
+            # Uploaded: rendered from the first original. No batch is attached before `replaced` exists.
+            while not list(storage.list(bucket, f"{b}/thumb_mini/")):
                 assert time.monotonic() < deadline, "b's thumbnail was never uploaded"
                 time.sleep(0.02)
             stub.PutAsset(pb.PutAssetRequest(asset_id=b, data=images.png(500, 300), skip_derivatives=True))
+            replaced.touch()
 
             done = wait_job(stub, job.job_id)
 
             assert (done.stage, done.done, done.total) == (pb.STAGE_SUCCEEDED, 3, 3)
             assert [(f.asset_id, f.key) for f in done.failures] == [(b, "")]
             assert "original replaced" in done.failures[0].reason
+            assert stored_failures(database_url, done.job_id) == [(b, "", FailureClass.ORIGINAL_REPLACED)]
             for asset_id in (a, c):
                 shown = stub.GetAsset(pb.GetAssetRequest(asset_id=asset_id))
                 assert [d.key for d in shown.derivatives if d.original_sha512 == shown.sha512] == ["thumb_mini"]

@@ -21,7 +21,7 @@ from core.config import Settings, load_settings
 from core.definitions import Definition, load_registry
 from core.derivatives import Failed, Made
 from core.plan import plan
-from core.records import Asset, Location
+from core.records import Asset, FailureClass, Location
 from core.storage import open_storage
 from tests import images
 from worker import tasks
@@ -74,13 +74,16 @@ CORPUS: dict[str, Original] = {
     "master_100mp_16bit": Original("image/tiff", 12000, lambda p: images.tiff16_master(str(p))),
 }
 
-EXPECTED_FAILURE = {
-    "png16_rgba": DECODED,
-    "png16_rgba_interlaced": DECODED,
-    "png_claims_100000": f"original is 100000x100000 = 10000000000 pixels, {PIXELS}",
-    "jpeg_claims_65500": f"original is 65500x65500 = 4290250000 pixels, {PIXELS}",
-    "png_1bit_30000": f"original is 30000x30000 = 900000000 pixels, {PIXELS}",
-    "svg_includes": "not a decodable image: VipsForeignLoad: original is not a known file format",
+EXPECTED_FAILURE = {  # reason, and its class
+    "png16_rgba": (DECODED, FailureClass.TOO_LARGE),
+    "png16_rgba_interlaced": (DECODED, FailureClass.TOO_LARGE),
+    "png_claims_100000": (f"original is 100000x100000 = 10000000000 pixels, {PIXELS}", FailureClass.TOO_LARGE),
+    "jpeg_claims_65500": (f"original is 65500x65500 = 4290250000 pixels, {PIXELS}", FailureClass.TOO_LARGE),
+    "png_1bit_30000": (f"original is 30000x30000 = 900000000 pixels, {PIXELS}", FailureClass.TOO_LARGE),
+    "svg_includes": (
+        "not a decodable image: VipsForeignLoad: original is not a known file format",
+        FailureClass.UNDECODABLE,
+    ),
 }
 EXPECTED_MADE = {
     # Page 0 only (120 x 80), not 2000 pages stacked.
@@ -168,10 +171,10 @@ def test_hostile_corpus_fails_briefly_or_renders_under_the_ceiling(service: Serv
 
     results = service.render_all(work)
 
-    for name, reason in EXPECTED_FAILURE.items():
+    for name, (reason, failure_class) in EXPECTED_FAILURE.items():
         definitions = work[name][1]
         assert len(definitions) >= 6, name  # every size the width allows
-        assert results[name] == [Failed(d.key, reason) for d in definitions], name
+        assert results[name] == [Failed(d.key, reason, failure_class) for d in definitions], name
         assert len(reason) <= 200 and "\n" not in reason
     for name, sizes in EXPECTED_MADE.items():
         made = {r.key: r for r in results[name] if isinstance(r, Made)}
@@ -210,7 +213,7 @@ def test_allocation_failure_fails_the_asset_and_only_a_real_crash_replaces_the_p
             "fine", Original("image/png", 600, lambda p: p.write_bytes(images.png(600, 400))), tmp_path
         )
         results = service.render_all({"bomb": bomb})["bomb"]
-        assert results == [Failed(d.key, OUT_OF_MEMORY) for d in bomb[1]]
+        assert results == [Failed(d.key, OUT_OF_MEMORY, FailureClass.OUT_OF_MEMORY) for d in bomb[1]]
         assert all(isinstance(r, Made) for r in service.render_all({"fine": fine})["fine"])
         assert service.pool.replaced == 0 and service.pool.warm() == service.pids
 

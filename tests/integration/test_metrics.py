@@ -211,7 +211,12 @@ def test_a_taken_metrics_port_stops_start_up_cleanly(tmp_path: Path, postgres: P
         taken.listen()
         port = taken.getsockname()[1]
         env = server_env("file", postgres.new_database("metrics"), tmp_path / "data", None)
-        server = ServerProcess({**env, "DERIVATIVES_METRICS_LISTEN": f"127.0.0.1:{port}"}, tmp_path / "server.log")
+        env |= {
+            "DERIVATIVES_METRICS_LISTEN": f"127.0.0.1:{port}",
+            "DERIVATIVES_LOG_LEVEL": "DEBUG",  # the metrics directory's path is a debug line
+            "TMPDIR": str(tmp_path),  # where it is made: no trace left in the shared /tmp if the test fails
+        }
+        server = ServerProcess(env, tmp_path / "server.log")
         try:
             server.start(wait_serving=False)
             assert server.proc is not None
@@ -223,3 +228,6 @@ def test_a_taken_metrics_port_stops_start_up_cleanly(tmp_path: Path, postgres: P
     assert code == 1, log[-2000:]
     assert f"cannot listen on 127.0.0.1:{port} (metrics)" in log and "derivatives.host: stopped" in log
     assert "Traceback" not in log, log[-2000:]
+    made = re.findall(r"metrics directory (\S+)", log)
+    assert len(made) == 1, log[-2000:]  # prepare_multiprocess() made it
+    assert not Path(made[0]).exists(), f"{made[0]} was left behind"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import RULE_KEYS, Settings, load_settings, settings_or_exit
+from core.config import RULE_KEYS, Settings, load_settings, settings_or_exit, split_listen
 
 
 def test_defaults_without_environment() -> None:
@@ -102,6 +102,28 @@ def test_boundary_values_are_accepted() -> None:
 @pytest.mark.parametrize("listen", ["unix:/tmp/derivatives.sock", "unix-abstract:derivatives", ":50051", "[::1]:50051"])
 def test_every_grpc_address_form_is_accepted(listen: str) -> None:
     assert load_settings({"DERIVATIVES_LISTEN": listen}).listen == listen
+
+
+@pytest.mark.parametrize(
+    ("listen", "split"),
+    [
+        ("127.0.0.1:50051", ("127.0.0.1", 50051)),
+        ("[::1]:9464", ("::1", 9464)),
+        ("[::]:0", ("::", 0)),
+        (":8080", ("", 8080)),  # every interface
+        ("localhost:65535", ("localhost", 65535)),
+    ],
+)
+def test_a_listen_address_splits_one_way_everywhere(listen: str, split: tuple[str, int]) -> None:
+    assert split_listen(listen) == split
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1", "host:", "host:65536", "host:http", "host:-1", "host:\u0663"])
+def test_a_bad_listen_address_is_refused(listen: str) -> None:
+    with pytest.raises(ValueError, match="must be host:port"):
+        split_listen(listen)
+    with pytest.raises(ValueError, match="DERIVATIVES_METRICS_LISTEN: must be host:port"):
+        load_settings({"DERIVATIVES_METRICS_LISTEN": listen})
 
 
 @pytest.mark.parametrize("level", ["WARN", "fatal", "Warning"])

@@ -14,7 +14,7 @@ from core.bundles import checksum, filename, fingerprint, member_source, title_w
 from core.config import Settings
 from core.definitions import Definition, Registry, load_registry
 from core.plan import derivatives_created, makes, plan, would_upscale
-from core.records import AssetFailure, BundleKind, Location, Member, Work
+from core.records import AssetFailure, BundleKind, FailureClass, Location, Member, Work
 
 BUILTIN = load_registry()
 SETTINGS = Settings()
@@ -182,8 +182,8 @@ def test_keys_asked_by_name_that_nothing_covers_are_failures() -> None:
     result = plan(REGISTRY, tiff, only=["pages", "small", "unknown"])
     assert [d.key for d in result.make] == ["small"]
     assert result.failures == (
-        AssetFailure("t1", "pages", "no definition of 'pages' applies to image/tiff"),
-        AssetFailure("t1", "unknown", "no definition of 'unknown' applies to image/tiff"),
+        AssetFailure("t1", "pages", "no definition of 'pages' applies to image/tiff", FailureClass.NO_DEFINITION),
+        AssetFailure("t1", "unknown", "no definition of 'unknown' applies to image/tiff", FailureClass.NO_DEFINITION),
     )
     assert plan(REGISTRY, tiff, only=["pages"], exclude=["pages"]).failures == ()
     assert plan(REGISTRY, tiff, only=["big"]).failures == ()  # too narrow is not a failure

@@ -16,7 +16,7 @@ from PIL import Image as PILImage
 from core.config import Settings
 from core.definitions import Definition, load_registry
 from core.plan import plan
-from core.records import Location, Member
+from core.records import FailureClass, Location, Member
 from tests import images
 from worker import imaging
 from worker.imaging import OUT_OF_MEMORY, Failed, Limits, Rendered, configure_vips, render_all
@@ -262,7 +262,8 @@ def test_max_pixels_guard_fails_before_decoding(tmp_path: Path, out_dir: Path, s
     original.write_bytes(images.jpeg(3000, 2000))
     plan = default_plan("image/jpeg", 3000)
     results = render_all(original, "image/jpeg", plan, out_dir, dataclasses.replace(LIMITS, max_pixels=5_999_999))
-    assert results == [Failed(d.key, "original is 3000x2000 = 6000000 pixels, over the limit of 5999999") for d in plan]
+    reason = "original is 3000x2000 = 6000000 pixels, over the limit of 5999999"
+    assert results == [Failed(d.key, reason, FailureClass.TOO_LARGE) for d in plan]
     assert len(spy.opens(original)) == 1 and spy.decodes(original) == []
     assert list(out_dir.iterdir()) == []
 
@@ -304,6 +305,7 @@ def test_bad_originals_fail_every_key_briefly(kind: str, tmp_path: Path, out_dir
     for result in results:
         assert isinstance(result, Failed), result
         assert result.reason.startswith(reason), result.reason
+        assert result.failure_class is FailureClass.UNDECODABLE, result
         assert len(result.reason) <= 200 and "\n" not in result.reason
         assert str(tmp_path) not in result.reason
     assert list(out_dir.iterdir()) == []
@@ -316,7 +318,9 @@ def test_one_failing_size_keeps_the_others(tmp_path: Path, out_dir: Path) -> Non
     definitions = [Definition("a", max_width=100), Definition("b", max_width=200), Definition("c", max_width=300)]
     a, b, c = render_all(original, "image/jpeg", definitions, out_dir, LIMITS)
     assert isinstance(a, Rendered) and isinstance(c, Rendered)
-    assert b == Failed("b", "could not make b: b.jpg: unable to open for write: Is a directory")
+    assert b == Failed(
+        "b", "could not make b: b.jpg: unable to open for write: Is a directory", FailureClass.ENCODE_FAILED
+    )
     assert len(b.reason) <= 200 and "\n" not in b.reason
 
 
@@ -331,10 +335,14 @@ def test_none_and_too_narrow_definitions_fail_in_place(tmp_path: Path, out_dir: 
         Definition("full"),
     ]
     results = render_all(original, "image/png", definitions, out_dir, LIMITS)
-    assert results[0] == Failed("none", "definition makes no derivative")
+    assert results[0] == Failed("none", "definition makes no derivative", FailureClass.NO_DEFINITION)
     check_rendered(results[1], definitions[1], 320, 200)
-    assert results[2] == Failed("same", "original is 320 px wide, not wider than max_width 320")
-    assert results[3] == Failed("wide", "original is 320 px wide, not wider than max_width 1000")
+    assert results[2] == Failed(
+        "same", "original is 320 px wide, not wider than max_width 320", FailureClass.TOO_NARROW
+    )
+    assert results[3] == Failed(
+        "wide", "original is 320 px wide, not wider than max_width 1000", FailureClass.TOO_NARROW
+    )
     check_rendered(results[4], definitions[4], 320, 200)
 
 
@@ -417,6 +425,7 @@ def test_bad_pdfs_fail(kind: str, tmp_path: Path, out_dir: Path) -> None:
     for result in results:
         assert isinstance(result, Failed), result
         assert result.reason.startswith(reason), result.reason
+        assert result.failure_class is FailureClass.UNDECODABLE, result
         assert len(result.reason) <= 200 and "\n" not in result.reason
         assert str(tmp_path) not in result.reason
 
@@ -429,6 +438,7 @@ def test_pdf_page_over_max_pixels(tmp_path: Path, out_dir: Path) -> None:
         original, "application/pdf", [Definition("p", "pdf_page_jpeg", max_width=1050)], out_dir, limits
     )
     assert isinstance(result, Failed) and "over the limit of 1000" in result.reason
+    assert result.failure_class is FailureClass.TOO_LARGE
 
 
 # --- limits (issue 9): decoded bytes, streaming of large originals, allocation failures, loaders ---------------
@@ -448,7 +458,7 @@ def test_decoded_bytes_guard_fails_before_decoding(tmp_path: Path, out_dir: Path
     plan = default_plan(content_type, 3000)
     results = render_all(original, content_type, plan, out_dir, dataclasses.replace(LIMITS, max_decoded_bytes=32 << 20))
     reason = "original decodes to 34 MiB (3000x2000, 3 bands of 16 bits), over the limit of 32 MiB"
-    assert results == [Failed(d.key, reason) for d in plan]
+    assert results == [Failed(d.key, reason, FailureClass.TOO_LARGE) for d in plan]
     assert len(spy.opens(original)) == 1 and spy.decodes(original) == []
     assert list(out_dir.iterdir()) == []
     # Rounded alike, the two are given in bytes rather than as "34 MiB, over the limit of 34 MiB".
@@ -468,7 +478,8 @@ def test_decoded_bytes_count_bands_and_depth(tmp_path: Path, out_dir: Path) -> N
     [ok] = render_all(grey, "image/png", [Definition("t", max_width=100)], out_dir, limits)
     [refused] = render_all(rgba, "image/png", [Definition("t", max_width=100)], out_dir, limits)
     assert isinstance(ok, Rendered)
-    assert refused == Failed("t", "original decodes to 8 MiB (1000x1000, 4 bands of 16 bits), over the limit of 4 MiB")
+    reason = "original decodes to 8 MiB (1000x1000, 4 bands of 16 bits), over the limit of 4 MiB"
+    assert refused == Failed("t", reason, FailureClass.TOO_LARGE)
 
 
 def test_pdf_page_over_max_decoded_bytes(tmp_path: Path, out_dir: Path) -> None:
@@ -476,7 +487,8 @@ def test_pdf_page_over_max_decoded_bytes(tmp_path: Path, out_dir: Path) -> None:
     letter_pdf(original)
     limits = dataclasses.replace(LIMITS, max_decoded_bytes=1 << 20)
     [result] = render_all(original, "application/pdf", [Definition("p", "pdf_page_jpeg")], out_dir, limits)
-    assert result == Failed("p", "PDF page renders to 6 MiB (1275x1650), over the limit of 1 MiB")
+    reason = "PDF page renders to 6 MiB (1275x1650), over the limit of 1 MiB"
+    assert result == Failed("p", reason, FailureClass.TOO_LARGE)
 
 
 def test_large_original_is_streamed_with_the_same_results(tmp_path: Path, spy: OpenSpy) -> None:
@@ -555,7 +567,9 @@ def test_allocation_failure_of_a_decode_fails_every_key_with_the_memory_reason(
     plan = default_plan(content_type, 3000)
     monkeypatch.setattr(pyvips.Image, "copy_memory", vips_error(detail))
     for limits in (LIMITS, STREAMED):
-        assert render_all(original, content_type, plan, out_dir, limits) == [Failed(d.key, OUT_OF_MEMORY) for d in plan]
+        assert render_all(original, content_type, plan, out_dir, limits) == [
+            Failed(d.key, OUT_OF_MEMORY, FailureClass.OUT_OF_MEMORY) for d in plan
+        ]
 
 
 def test_allocation_failure_of_one_size_keeps_the_others(
@@ -573,7 +587,7 @@ def test_allocation_failure_of_one_size_keeps_the_others(
     definitions = [Definition("thumb", max_width=100), Definition("full")]
     for limits in (LIMITS, STREAMED):
         thumb, full = render_all(original, content_type, definitions, out_dir, limits)
-        assert isinstance(thumb, Rendered) and full == Failed("full", OUT_OF_MEMORY)
+        assert isinstance(thumb, Rendered) and full == Failed("full", OUT_OF_MEMORY, FailureClass.OUT_OF_MEMORY)
 
 
 def test_python_memory_error_fails_with_the_memory_reason(
@@ -588,7 +602,7 @@ def test_python_memory_error_fails_with_the_memory_reason(
     monkeypatch.setattr(imaging, "_bitmap_to_vips", bitmap_to_vips)
     plan = default_plan("application/pdf", 0)
     assert render_all(original, "application/pdf", plan, out_dir, LIMITS) == [
-        Failed(d.key, OUT_OF_MEMORY) for d in plan
+        Failed(d.key, OUT_OF_MEMORY, FailureClass.OUT_OF_MEMORY) for d in plan
     ]
 
 
@@ -621,7 +635,7 @@ def test_svg_is_refused_not_rendered_with_local_files(tmp_path: Path, out_dir: P
     assert len(plan) >= 5  # "image" definitions apply to image/svg+xml
     results = render_all(svg, "image/svg+xml", plan, out_dir, LIMITS)
     reason = "not a decodable image: VipsForeignLoad: original is not a known file format"
-    assert results == [Failed(d.key, reason) for d in plan]
+    assert results == [Failed(d.key, reason, FailureClass.UNDECODABLE) for d in plan]
     assert list(out_dir.iterdir()) == []
 
 

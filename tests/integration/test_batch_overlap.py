@@ -1,0 +1,59 @@
+"""Two batches attached at once, each having made something for one asset and failed a key of the other, never
+deadlock: every asset a batch writes is locked first, in asset_id order (core/derivatives.py attach_many).
+
+The failpoint holds each transaction just before it records failures, so without that order each would hold one
+asset's row and wait for the other's: Postgres would end one with a deadlock error (and the job would be retried).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+from core.database import Database
+from core.derivatives import Derivatives, Outcome
+from core.failpoints import ENV as FAILPOINTS
+from core.queue import PostgresQueue
+from core.records import AssetFailure
+from core.storage import FileStorage
+from tests.harness import Postgres
+from tests.integration.test_batch_attach import BUCKET, insert_asset, sha, upload
+
+
+def test_overlapping_batches_do_not_deadlock(
+    postgres: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FileStorage(tmp_path / "storage")
+    storage.ensure_buckets((BUCKET, "originals"))
+    a, b = (f"overlap-{name}-{uuid.uuid4().hex[:6]}" for name in "ab")
+    monkeypatch.setenv(FAILPOINTS, "failures_recorded~1")
+
+    async def scenario() -> None:
+        db = Database(postgres.new_database("overlap"), max_size=4)
+        await db.open()
+        try:
+            await db.migrate()
+            derivatives = Derivatives(db, storage, PostgresQueue(db), BUCKET)
+            for asset_id in (a, b):
+                await insert_asset(db, asset_id, sha(1))
+            one = [
+                Outcome(a, sha(1), (upload(storage, a, "thumb_mini"),)),
+                Outcome(b, sha(1), (), (AssetFailure(b, "download_large", "decoder said no"),)),
+            ]
+            two = [
+                Outcome(b, sha(1), (upload(storage, b, "thumb_mini"),)),
+                Outcome(a, sha(1), (), (AssetFailure(a, "download_large", "decoder said no"),)),
+            ]
+            first, second = await asyncio.gather(derivatives.attach_many(one), derivatives.attach_many(two))
+            assert first[0] is not None and second[0] is not None
+            assert {d.key for d in await derivatives.of_asset(a)} == {"thumb_mini"}
+            assert {d.key for d in await derivatives.of_asset(b)} == {"thumb_mini"}
+            rows = await db.fetchall("get_assets", asset_ids=[a, b])
+            assert all(set(r["derivative_failures"]) == {"download_large"} for r in rows)
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
