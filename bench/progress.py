@@ -89,8 +89,10 @@ PROCESSES = 2
 HEARTBEAT_SECONDS = "5.0"  # the production default (the test harness uses 0.5 s)
 WATCH_TIMEOUT = 300.0  # seconds; only catches a hang
 LAG_TICK = 0.01
-# (c)'s streams not yet answered, per client process. All 10,000 at once overflow grpc core's queue of calls the
-# server has not taken up yet (grpc.server.max_pending_requests, 1,000 by default): those calls are CANCELLED.
+# (c)'s streams not yet answered, per client process. Before server/grpc_role.py raised grpc core's queue of calls
+# the server has not taken up yet (grpc.server.max_pending_requests, 1,000 by default), 10,000 at once overflowed it
+# and ~7,000 were CANCELLED. Kept so that runs compare, and so that a slow machine does not hit core's other limit
+# (a call not taken up within 30 s is cancelled): the server takes calls up one at a time either way.
 OPENING_PER_PROCESS = 200
 SPLIT_PROCESSES = 2  # (a3)'s client processes
 TARGETS = {"p99_ms_max": 100.0, "all_final_s_max": 1.0, "big_p99_ms_max": 250.0}

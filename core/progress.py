@@ -12,6 +12,11 @@ event, or its turn on the event loop not come yet) are coalesced: it is sent the
 once, as a snapshot. A final event and a new attempt's first event (a takeover or a restart,
 `_restarted`) are never coalesced away. The feed keeps the last BUFFER events; a watcher further
 behind than that gets the latest state as a snapshot too.
+
+Subscribing reads nothing when it need not: a new watcher of a job that has a feed gets the feed's
+latest state as its snapshot (and its missed events from the feed when it holds them); a watcher of
+a job that ended gets the final state read for an earlier watcher (kept FINAL_SECONDS: a terminal
+job does not change) and no feed. Only the first watcher of a job in this process reads the job.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import psycopg
 from core import metrics
 from core.database import Database
 from core.errors import InvalidArgument
+from core.lru import ExpiringLRU
 from core.queue import PROGRESS_CHANNEL, JobQueue
 from core.records import Job, ProgressEvent
 from core.singleflight import SingleFlight
@@ -37,6 +43,8 @@ log = logging.getLogger("derivatives.progress")
 
 BUFFER = 256
 READ_LIMIT = 1000
+FINAL_SECONDS = 5.0  # a terminal job's final state is reused this long for new watchers
+FINALS_KEPT = 1000
 
 
 @dataclass(frozen=True)
@@ -64,14 +72,16 @@ class JobFeed:
     """One job's recent events in this process, shared by all its watchers (see the module docstring).
 
     `events` holds the last BUFFER events read (ascending seq), `head` the highest seq read,
-    `floor` the seq below which events were dropped (a cursor below it has a gap). `final` is
-    the final update, set with the terminal event. `beats` counts heartbeats.
+    `floor` the seq below which events were dropped (a cursor below it has a gap). `latest` is
+    the job's state at `head` (a new watcher's snapshot). `final` is the final update, set with
+    the terminal event. `beats` counts heartbeats.
     """
 
-    def __init__(self, job_id: uuid.UUID, seq: int, heartbeat_seconds: float) -> None:
-        self.job_id = job_id
-        self.head = seq
-        self.floor = seq
+    def __init__(self, latest: ProgressEvent, heartbeat_seconds: float) -> None:
+        self.job_id = latest.job_id
+        self.head = latest.seq
+        self.floor = latest.seq
+        self.latest = latest
         self.seqs: list[int] = []
         self.events: list[ProgressEvent] = []
         self.final: Update | None = None
@@ -95,6 +105,7 @@ class JobFeed:
             self.floor = self.seqs[drop - 1]
             del self.seqs[:drop], self.events[:drop]
         self.head = fresh[-1].seq
+        self.latest = fresh[-1]
         if final is not None:
             self.final = final
         self._wake()
@@ -181,6 +192,7 @@ class ProgressHub:
         self._reads: SingleFlight[Job] = SingleFlight()
         self.reread_seconds = reread_seconds
         self._feeds: dict[uuid.UUID, JobFeed] = {}
+        self._finals: ExpiringLRU[uuid.UUID, Update] = ExpiringLRU(FINALS_KEPT)  # job id -> its final snapshot
         self._dirty: set[uuid.UUID] = set()
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -201,13 +213,22 @@ class ProgressHub:
         """The job, read once for all watchers that need it at least this fresh."""
         return await self._reads.do((job_id, at_least_seq), lambda: self.queue.get(job_id))
 
-    def _subscribe(self, job_id: uuid.UUID, seq: int) -> JobFeed:
+    def following(self, job_id: uuid.UUID) -> bool:
+        """Whether this process follows the job live (a feed of it, the job not ended): a new watcher reads nothing."""
+        feed = self._feeds.get(job_id)
+        return feed is not None and feed.final is None
+
+    def _subscribe(self, job: Job) -> JobFeed:
+        job_id = job.job_id
         feed = self._feeds.get(job_id)
         if feed is None:
-            feed = self._feeds[job_id] = JobFeed(job_id, seq, self.heartbeat_seconds)
+            feed = self._feeds[job_id] = JobFeed(ProgressEvent.of_job(job), self.heartbeat_seconds)
             # Deliver anything written between the caller's read and now (a NOTIFY that came before the feed
             # existed was dropped). A feed that existed heard every NOTIFY since: no read per new watcher.
             self._mark(job_id)
+        return self._join(feed)
+
+    def _join(self, feed: JobFeed) -> JobFeed:
         feed.watchers += 1
         metrics.watchers_changed(1)
         return feed
@@ -266,6 +287,7 @@ class ProgressHub:
                     # Keyed by this event's seq: the shared read starts after the final write committed.
                     job = await self.job(job_id, event.seq)
                     final = Update(ProgressEvent.of_job(job), job=job)
+                    self._final_snapshot(job)
                     break
             feed.add(events, final)
             if len(events) < READ_LIMIT:
@@ -284,29 +306,61 @@ class ProgressHub:
         events = [e for e in await self._events_after(job_id, after_seq, want) if e.seq <= upto_seq]
         return events if len(events) == want else None
 
+    def _final_snapshot(self, job: Job) -> Update:
+        """A terminal job's final update as a new watcher's snapshot, kept for the next ones (it never changes)."""
+        final = self._finals.get(job.job_id)
+        if final is None or final.event.seq < job.seq:
+            final = Update(ProgressEvent.of_job(job), snapshot=True, job=job)
+            self._finals.put(job.job_id, final, FINAL_SECONDS)
+        return final
+
     async def watch(self, job_id: uuid.UUID, after_seq: int = 0) -> AsyncIterator[Update]:
         """A job's progress: first its state (or the events missed since `after_seq`), then each
         change (coalesced while the watcher is busy, see `plan`), heartbeats while quiet, and a
-        final update carrying the whole job."""
-        # A shared read may predate our request: harmless, events after its seq come from the table.
-        job = await self.job(job_id)
-        if after_seq > job.seq:
-            raise InvalidArgument.one("after_seq", f"is past the target's current seq {job.seq}")
-        feed = self._subscribe(job_id, job.seq)
-        try:
-            missed = await self._replay(job_id, after_seq, job.seq) if 0 < after_seq < job.seq else None
+        final update carrying the whole job. Reads the job only when this process has neither a
+        feed of it nor its recent final state (see the module docstring)."""
+        final = self._finals.get(job_id)
+        if final is not None and after_seq <= final.event.seq:
+            yield _sent(final)
+            return
+        feed = self._feeds.get(job_id)
+        if feed is None or after_seq > feed.head:  # (a client may have seen a seq this feed has not read yet)
+            # A shared read may predate our request: harmless, events after its seq come from the table.
+            job = await self.job(job_id)
+            if after_seq > job.seq:
+                raise InvalidArgument.one("after_seq", f"is past the target's current seq {job.seq}")
             if job.stage.terminal:
-                yield _sent(Update(ProgressEvent.of_job(job), snapshot=True, job=job))
+                yield _sent(self._final_snapshot(job))
                 return
+            feed = self._subscribe(job)
+            last = ProgressEvent.of_job(job)
+        else:
+            feed = self._join(feed)
+            last = feed.latest
+        try:
+            if feed.final is not None and feed.head <= last.seq:  # the job ended at `last`
+                assert feed.final.job is not None
+                yield _sent(self._final_snapshot(feed.final.job))
+                return
+            missed = await self._missed(feed, after_seq, last.seq) if 0 < after_seq < last.seq else None
             if missed:
                 for i, event in enumerate(missed):
                     yield _sent(Update(event, snapshot=i == 0 or _restarted(missed[i - 1], event)))
             else:
-                yield _sent(Update(ProgressEvent.of_job(job), snapshot=True))
-            async for update in follow(feed, ProgressEvent.of_job(job)):
+                yield _sent(Update(last, snapshot=True))
+            async for update in follow(feed, last):
                 yield update
         finally:
             self._unsubscribe(feed)
+
+    async def _missed(self, feed: JobFeed, after_seq: int, upto_seq: int) -> list[ProgressEvent] | None:
+        """Events (after_seq, upto_seq], from the feed when it holds them all, else from the table (None
+        when some were pruned: the caller sends a snapshot)."""
+        held, gap = feed.after(after_seq)
+        held = [e for e in held if e.seq <= upto_seq]
+        if not gap and len(held) == upto_seq - after_seq:
+            return held
+        return await self._replay(feed.job_id, after_seq, upto_seq)
 
 
 async def follow(feed: JobFeed, last: ProgressEvent) -> AsyncIterator[Update]:

@@ -32,6 +32,12 @@ KEEPALIVE = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+# Calls grpc core has received but the server has not taken up yet (grpc.aio takes up one call per method every
+# few event-loop turns). Past the soft limit core refuses new calls at random, past the hard limit all of them
+# (defaults 1,000 and 3,000: 10,000 watchers opening at once lost ~7,000 streams). Each waiting call holds its
+# headers and request in core's memory (a few KB) and waits instead of failing fast; core still drops one waiting
+# longer than grpc.server_max_unrequested_time_in_server (30 s by default).
+PENDING_CALLS = [("grpc.server.max_pending_requests", 10_000), ("grpc.server.max_pending_requests_hard_limit", 20_000)]
 
 
 class GrpcRole:
@@ -54,6 +60,7 @@ class GrpcRole:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 *KEEPALIVE,
+                *PENDING_CALLS,
                 *(REUSEPORT if self.reuse_port else NO_REUSEPORT),
             ],
         )

@@ -15,6 +15,7 @@ from google.protobuf import empty_pb2
 from core.domain import Domain
 from core.errors import InvalidArgument, Reason
 from core.ids import CALLER_ID, SHA512_HEX, check_caller_id, check_caller_ids, check_key, check_text, require_uuid
+from core.lru import ExpiringLRU
 from core.media import SizeLimit, Spooled, spool_async, spool_stream
 from core.reclaim import BucketReport
 from core.records import AssetView, Bundle
@@ -42,6 +43,9 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         # Watchers of one target ask for the same rows at once: one query serves them all.
         self._reads: SingleFlight[Any] = SingleFlight()
         self.progress_messages = convert.ProgressMessages()
+        # A bundle's job, for its watchers: it changes only when a bundle whose job ended is rebuilt (and a bundle
+        # goes only once built), so it is not read again while the hub follows that job live.
+        self._bundle_jobs: ExpiringLRU[uuid.UUID, uuid.UUID] = ExpiringLRU(10_000)
 
     def _asset(self, view: AssetView) -> pb.Asset:
         return convert.asset(view, self.derivative_messages)
@@ -249,7 +253,8 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
             job_id = require_uuid(request.job_id, "job_id")
         else:
             bundle_id = require_uuid(request.bundle_id, "bundle_id")
-            job_id = await self._reads.do(("job of", bundle_id), lambda: self.d.bundles.job_of(bundle_id))
+            known = self._bundle_jobs.get(bundle_id)
+            job_id = known if known is not None and self.d.hub.following(known) else await self._job_of(bundle_id)
         messages = self.progress_messages
         async for update in self.d.hub.watch(job_id, request.after_seq):
             # A bundle's watcher wants the bundle on the final event: its URL, size, name.
@@ -262,6 +267,12 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
                 # The first watcher back from the shared read encodes it, the others find it.
                 data = messages.get(update, bundle_id) or messages.encode(update, bundle_id, final_bundle)
             yield data
+
+    async def _job_of(self, bundle_id: uuid.UUID) -> uuid.UUID:
+        """The bundle's job, read once for the watchers asking at once, and kept for the next ones."""
+        job_id: uuid.UUID = await self._reads.do(("job of", bundle_id), lambda: self.d.bundles.job_of(bundle_id))
+        self._bundle_jobs.put(bundle_id, job_id)
+        return job_id
 
     async def _final_bundle(self, bundle_id: uuid.UUID, seq: int) -> pb.Bundle:
         """The bundle at its job's final event, read once for all its watchers."""

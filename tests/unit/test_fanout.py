@@ -206,7 +206,7 @@ def test_after_a_gap_the_first_event_sent_is_a_snapshot() -> None:
 
 def test_the_feed_keeps_new_events_once_and_hands_out_the_ones_past_a_cursor() -> None:
     async def run() -> None:
-        feed = JobFeed(JOB, 3, NEVER)  # the first watcher's read was at seq 3
+        feed = JobFeed(ev(3), NEVER)  # the first watcher's read was at seq 3
         assert not feed.add(events(1, 2, 3))  # nothing new: no wake-up
         assert feed.add(events(2, 3, 4, 5)) and feed.add(events(5, 6))  # re-reads overlap: only what is new
         assert feed.head == 6 and [e.seq for e in feed.events] == [4, 5, 6]
@@ -220,7 +220,7 @@ def test_the_feed_keeps_new_events_once_and_hands_out_the_ones_past_a_cursor() -
 
 def test_the_feed_keeps_the_last_buffer_events_and_a_cursor_before_them_has_a_gap() -> None:
     async def run() -> None:
-        feed = JobFeed(JOB, 0, NEVER)
+        feed = JobFeed(ev(0), NEVER)
         feed.add(events(*range(1, BUFFER + 1)))
         assert feed.after(0) == (feed.events, False)  # a full buffer is kept
         feed.add(events(BUFFER + 1, BUFFER + 2))
@@ -282,7 +282,7 @@ async def settle(until: Callable[[], bool]) -> None:
 
 def test_a_fast_watcher_gets_every_step_a_busy_one_the_latest_state_and_both_the_final() -> None:
     async def run() -> None:
-        feed = JobFeed(JOB, 1, NEVER)
+        feed = JobFeed(ev(1), NEVER)
         fast, slow = Watcher(feed, ev(1)), Watcher(feed, ev(1), slow=True)
         feed.add(events(2))
         await settle(lambda: len(fast.got) == 1 and len(slow.got) == 1)  # the slow one is now busy with seq 2
@@ -306,7 +306,7 @@ def test_a_fast_watcher_gets_every_step_a_busy_one_the_latest_state_and_both_the
 
 def test_a_busy_watcher_gets_the_final_event_and_the_restart_never_coalesced() -> None:
     async def run() -> None:
-        feed = JobFeed(JOB, 1, NEVER)
+        feed = JobFeed(ev(1), NEVER)
         slow = Watcher(feed, ev(1), slow=True)
         feed.add(events(2))
         await settle(lambda: len(slow.got) == 1)
@@ -327,7 +327,7 @@ def test_a_busy_watcher_gets_the_final_event_and_the_restart_never_coalesced() -
 
 def test_an_idle_watcher_gets_a_heartbeat_repeating_its_last_event() -> None:
     async def run() -> None:
-        feed = JobFeed(JOB, 1, NEVER)
+        feed = JobFeed(ev(1), NEVER)
         watcher = Watcher(feed, ev(1))
         await settle(lambda: bool(feed._waiters))
         feed.beat()
@@ -345,7 +345,7 @@ def test_an_idle_watcher_gets_a_heartbeat_repeating_its_last_event() -> None:
 
 def test_a_watcher_that_leaves_does_not_disturb_the_others() -> None:
     async def run() -> None:
-        feed = JobFeed(JOB, 1, NEVER)
+        feed = JobFeed(ev(1), NEVER)
         leaving, staying = Watcher(feed, ev(1)), Watcher(feed, ev(1))
         await settle(lambda: len(feed._waiters) == 2)
         leaving.task.cancel()  # the client went away while waiting
@@ -361,7 +361,7 @@ def test_a_watcher_that_leaves_does_not_disturb_the_others() -> None:
 
 def test_a_closed_feed_stops_its_heartbeat_even_if_a_late_read_adds_to_it() -> None:
     async def run() -> None:
-        feed = JobFeed(JOB, 1, NEVER)
+        feed = JobFeed(ev(1), NEVER)
         watcher = Watcher(feed, ev(1))
         await settle(lambda: feed._timer is not None)
         watcher.task.cancel()
@@ -381,7 +381,7 @@ def test_a_closed_feed_stops_its_heartbeat_even_if_a_late_read_adds_to_it() -> N
 def test_many_watchers_cost_one_serialization_per_event() -> None:
     async def run() -> None:
         messages = ProgressMessages()
-        feed = JobFeed(JOB, 1, NEVER)
+        feed = JobFeed(ev(1), NEVER)
         watchers = [Watcher(feed, ev(1), messages=messages) for _ in range(500)]
         snapshot = Update(ev(1), snapshot=True)
         for w in watchers:  # each stream's first message: the same snapshot
