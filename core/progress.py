@@ -26,7 +26,7 @@ import bisect
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import psycopg
@@ -314,7 +314,7 @@ class ProgressHub:
             self._finals.put(job.job_id, final, FINAL_SECONDS)
         return final
 
-    async def watch(self, job_id: uuid.UUID, after_seq: int = 0) -> AsyncIterator[Update]:
+    async def watch(self, job_id: uuid.UUID, after_seq: int = 0) -> AsyncGenerator[Update, None]:
         """A job's progress: first its state (or the events missed since `after_seq`), then each
         change (coalesced while the watcher is busy, see `plan`), heartbeats while quiet, and a
         final update carrying the whole job. Reads the job only when this process has neither a
@@ -325,8 +325,10 @@ class ProgressHub:
             return
         feed = self._feeds.get(job_id)
         if feed is None or after_seq > feed.head:  # (a client may have seen a seq this feed has not read yet)
-            # A shared read may predate our request: harmless, events after its seq come from the table.
-            job = await self.job(job_id)
+            # A read shared with other watchers may predate our request: harmless for the events (those after
+            # its seq come from the table), but not for the check below, so it is keyed by `after_seq`: a read
+            # shared under that key was started by a caller that had already seen that seq committed.
+            job = await self.job(job_id, max(after_seq, 0))
             if after_seq > job.seq:
                 raise InvalidArgument.one("after_seq", f"is past the target's current seq {job.seq}")
             if job.stage.terminal:

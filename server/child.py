@@ -25,6 +25,7 @@ from server.http_role import HttpRole
 
 PARENT_CHECK_SECONDS = 1.0
 ORPHAN_GRACE_SECONDS = 1.0  # in-flight calls get this long when the parent is gone (its restart wants the port)
+ORPHAN_STOP_SECONDS = 5.0  # and the rest of the shutdown this long, before the process exits regardless
 
 
 async def _serve(host: Host, ready_fd: int, parent: int) -> None:
@@ -40,6 +41,9 @@ async def _serve(host: Host, ready_fd: int, parent: int) -> None:
             await asyncio.sleep(PARENT_CHECK_SECONDS)
         # The parent died (SIGKILL): nobody would stop us, and the port must be freed soon, for a new parent.
         host.stop(grace=ORPHAN_GRACE_SECONDS)
+        # A shutdown already under way (the parent was stopping) keeps its own, longer, grace: cut it short.
+        await asyncio.sleep(ORPHAN_GRACE_SECONDS + ORPHAN_STOP_SECONDS)
+        os._exit(1)
 
     tasks = [asyncio.create_task(tell_parent()), asyncio.create_task(watch_parent())]
     try:

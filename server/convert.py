@@ -165,11 +165,10 @@ class ProgressMessages:
     """WatchProgress messages serialized once for all the watchers they go to, by `Update.key` (and, for a
     bundle's final event, the bundle): N watchers of a job cost one SerializeToString per event."""
 
-    # A bundle's final event carries a signed URL: kept this long, so a late watcher's URL is fresh.
-    BUNDLE_TTL_SECONDS = 5.0
-
-    def __init__(self, size: int = 10_000) -> None:
+    def __init__(self, size: int = 10_000, bundle_ttl: float = 5.0) -> None:
         self._cache: ExpiringLRU[tuple[object, ...], bytes] = ExpiringLRU(size)
+        # A bundle's final event carries a signed URL: kept this long (seconds), so a late watcher's URL is fresh.
+        self.bundle_ttl = bundle_ttl
         self.encoded = 0  # messages serialized (cache misses), counted for the tests
 
     def of(self, update: Update) -> bytes:
@@ -187,7 +186,7 @@ class ProgressMessages:
             event.bundle.CopyFrom(bundle)
         data = event.SerializeToString()
         self.encoded += 1
-        self._cache.put((*update.key, bundle_id), data, self.BUNDLE_TTL_SECONDS if bundle_id is not None else None)
+        self._cache.put((*update.key, bundle_id), data, self.bundle_ttl if bundle_id is not None else None)
         return data
 
 

@@ -15,6 +15,7 @@ from derivatives.v1 import derivatives_pb2
 from server import metrics_interceptor, rpc_trace
 from server.auth import Security
 from server.health import HealthMonitor
+from server.ports import PortLock, PortLocked, port_of
 from server.service import DerivativeService, add_to_server
 
 log = logging.getLogger("derivatives.server")
@@ -49,6 +50,7 @@ class GrpcRole:
         self.server: grpc.aio.Server | None = None  # set once started
         self.monitor: HealthMonitor | None = None
         self.hub: ProgressHub | None = None
+        self.lock: PortLock | None = None  # one derivatives server per port (server/ports.py)
 
     async def start(self, ctx: HostContext) -> None:
         domain, settings = ctx.domain, ctx.settings
@@ -76,6 +78,8 @@ class GrpcRole:
                 ],
                 server,
             )
+        if not self.reuse_port:  # a server of its own (the serving children share their parent's lock)
+            self._lock_port(settings.listen, port_of(settings.listen))
         try:
             if security.server_credentials is not None:
                 port = server.add_secure_port(settings.listen, security.server_credentials)
@@ -85,6 +89,8 @@ class GrpcRole:
             port = 0
         if port == 0:
             raise SystemExit(f"cannot listen on {settings.listen}: is another server running there?")
+        if not self.reuse_port and self.lock is None and port_of(settings.listen) is None and port > 0:
+            self._lock_port(settings.listen, port)  # port 0 chose it: locked now
         await asyncio.to_thread(domain.assets.sweep_tmp)  # this process takes the uploads
         self.monitor = monitor
         await monitor.start()  # the first probe also creates the buckets
@@ -107,6 +113,18 @@ class GrpcRole:
         if self.server is not None:
             await self.server.stop(grace)
 
+    def _lock_port(self, listen: str, port: int | None) -> None:
+        if port is None:
+            return
+        lock = PortLock(port)
+        try:
+            lock.acquire()
+        except PortLocked as exc:
+            raise SystemExit(f"cannot listen on {listen}: is another server running there? ({exc})") from None
+        self.lock = lock
+
     async def stop(self) -> None:
         if self.hub is not None:
             await self.hub.stop()
+        if self.lock is not None:
+            self.lock.release()

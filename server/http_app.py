@@ -7,6 +7,7 @@ the same code names, ErrorInfo reasons and messages, as JSON with the matching H
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -182,12 +183,13 @@ class HttpApp:
     async def _stream(self, bundle_id: uuid.UUID, job_id: uuid.UUID, after_seq: int) -> AsyncIterator[str]:
         yield f"retry: {WAIT_REFRESH_SECONDS * 1000}\n\n"
         try:
-            async for update in self.d.hub.watch(job_id, after_seq):
-                event = convert.progress_event(update)
-                if update.final:
-                    event.bundle.CopyFrom(convert.bundle(await self.d.bundles.get(bundle_id), self.d.urls))
-                data = json.dumps(json_format.MessageToDict(event), separators=(",", ":"))
-                yield f"id: {job_id}:{event.seq}\ndata: {data}\n\n"
+            async with contextlib.aclosing(self.d.hub.watch(job_id, after_seq)) as updates:  # closed at once
+                async for update in updates:
+                    event = convert.progress_event(update)
+                    if update.final:
+                        event.bundle.CopyFrom(convert.bundle(await self.d.bundles.get(bundle_id), self.d.urls))
+                    data = json.dumps(json_format.MessageToDict(event), separators=(",", ":"))
+                    yield f"id: {job_id}:{event.seq}\ndata: {data}\n\n"
         except Exception as exc:  # the stream is open: say why in an event, then end it
             body = json.loads(bytes(error_response(exc).body))
             yield f"event: error\ndata: {json.dumps(body, separators=(',', ':'))}\n\n"

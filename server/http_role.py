@@ -18,6 +18,7 @@ from core.config import split_listen
 from core.host import HostContext
 from server.auth import Security, is_loopback
 from server.http_app import make_app
+from server.ports import PortLock, PortLocked
 
 log = logging.getLogger("derivatives.http")
 
@@ -43,6 +44,7 @@ class HttpRole:
     def __init__(self, security: Security, *, reuse_port: bool = False) -> None:
         self.security = security
         self.reuse_port = reuse_port  # one of several serving processes of a host (server/processes.py)
+        self.lock: PortLock | None = None
         self.server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -67,6 +69,14 @@ class HttpRole:
             sock = socket.create_server((config.host, config.port), reuse_port=self.reuse_port)
         except OSError as exc:
             raise SystemExit(f"cannot listen on {settings.http_listen} (HTTP): {exc.strerror}") from None
+        if not self.reuse_port:  # a server of its own: the port's lock (server/ports.py); children share the parent's
+            lock = PortLock(sock.getsockname()[1])
+            try:
+                lock.acquire()
+            except PortLocked as exc:
+                sock.close()
+                raise SystemExit(f"cannot listen on {settings.http_listen} (HTTP): {exc}") from None
+            self.lock = lock
         self._task = asyncio.create_task(_serve(server, sock), name="http")
         while not server.started:
             if self._task.done():
@@ -87,4 +97,5 @@ class HttpRole:
                 self._task.cancel()
 
     async def stop(self) -> None:
-        pass
+        if self.lock is not None:
+            self.lock.release()

@@ -8,12 +8,12 @@ with its own gRPC server, HTTP face and progress hub, all on the same port (SO_R
 the kernel hands each new connection to one of them; a connection stays with its process,
 so a client needs several channels to use several processes).
 
-What holds the port against a second server: the parent binds each address with SO_REUSEPORT
-(and SO_REUSEADDR, as gRPC does) and keeps that socket, never listening, so its children can
-join. A listener without SO_REUSEPORT (a one-process server, any other program) makes that bind
-fail; and since SO_REUSEPORT lets any process of the same user join, a lock file per address
-(in the temporary directory, held for the parent's life) keeps another parent out. The data
-directory's lock (core/database.py) refuses a second server on the same data.
+What holds the port against a second server: the port lock (server/ports.py, one per port number,
+taken by every derivatives server, one process or several, and passed to the children so orphans
+keep it while they drain), then the parent binds each address with SO_REUSEPORT (and SO_REUSEADDR,
+as gRPC does) and keeps that socket, never listening, so its children can join; a listener of
+another program without SO_REUSEPORT makes that bind fail. The data directory's lock
+(core/database.py) refuses a second server on the same data.
 
 The parent supervises: a child that exits is started again (after a pause that grows while it
 keeps dying); on shutdown the children get SIGTERM and drain within the grace period, then
@@ -24,22 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
-import re
 import signal
 import socket
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from core import metrics
 from core.config import Settings, split_list, split_listen
 from core.host import HostContext
 from server.links import DEMO_KEY_ID, new_secret
+from server.ports import PortLock, PortLocked
 
 log = logging.getLogger("derivatives.processes")
 
@@ -63,11 +60,13 @@ class PortClaim:
         self.listen = listen
         self.what = what
         self.sockets: list[socket.socket] = []
-        self._lock: TextIO | None = None
+        self.lock: PortLock | None = None
 
     def bind(self) -> str:
-        """Bind every address of `listen` and lock it; the resolved `host:port` (port 0: the port bound)."""
+        """Lock the port, bind every address of `listen`; the resolved `host:port` (port 0: the port bound)."""
         host, port = split_listen(self.listen)
+        if port:
+            self._lock_port(port)
         try:
             infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
             for family, kind, proto, _, address in infos:
@@ -76,8 +75,7 @@ class PortClaim:
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # as gRPC binds [::]
                 # As gRPC's own listeners: the children can join, and connections of the last run still in
-                # TIME_WAIT do not hold a restart back. A listener without SO_REUSEPORT (a one-process server,
-                # anything else) still refuses this bind.
+                # TIME_WAIT do not hold a restart back. Another derivatives server is kept out by the port lock.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 sock.bind((address[0], port, *address[2:]))
@@ -87,38 +85,28 @@ class PortClaim:
             raise PortTaken(
                 f"cannot listen on {self.listen}{self.what}: is another server running there? ({exc.strerror})"
             ) from None
-        resolved = f"{self.listen.rpartition(':')[0]}:{port}"
-        self._take_lock(host, port, resolved)
-        return resolved
+        if self.lock is None:
+            self._lock_port(port)
+        return f"{self.listen.rpartition(':')[0]}:{port}"
 
-    def _take_lock(self, host: str, port: int, resolved: str) -> None:
-        """SO_REUSEPORT lets any server of the same user join the port: another parent's is kept out by a lock,
-        held as long as this process lives (the kernel drops it however the process ends)."""
-        name = re.sub(r"[^A-Za-z0-9.-]", "_", host or "any")
-        path = Path(tempfile.gettempdir()) / f"derivatives-listen-{name}-{port}.lock"
-        handle = open(path, "a+")  # held open until close(): the lock lives as long as the file is open
+    def _lock_port(self, port: int) -> None:
+        lock = PortLock(port)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
+            lock.acquire()
+        except PortLocked as exc:
             self.close()
             raise PortTaken(
-                f"cannot listen on {resolved}{self.what}: another derivatives server serves there ({holder})"
+                f"cannot listen on {self.listen}{self.what}: is another server running there? ({exc})"
             ) from None
-        handle.truncate(0)
-        handle.write(f"pid {os.getpid()}\n")
-        handle.flush()
-        self._lock = handle
+        self.lock = lock
 
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()
         self.sockets.clear()
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 @dataclass
@@ -145,6 +133,7 @@ class ServingProcesses:
         self._env: dict[str, str] = {}
         self._supervisors: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._stop_event = asyncio.Event()  # set with _stopping: ends a supervisor's restart pause at once
 
     async def start(self, ctx: HostContext) -> None:
         settings = ctx.settings
@@ -193,7 +182,8 @@ class ServingProcesses:
                 f"--parent={os.getpid()}",
                 f"--ready-fd={write_fd}",
                 env=self._env,
-                pass_fds=(write_fd,),
+                # The port locks too: orphans still draining after the parent died keep them until they are gone.
+                pass_fds=(write_fd, *(c.lock.fileno() for c in self._claims if c.lock is not None)),
                 # Out of the terminal's process group: Ctrl-C reaches the parent only, which stops the children
                 # itself (a child stopping on its own would look like one that died).
                 start_new_session=True,
@@ -256,7 +246,8 @@ class ServingProcesses:
                 child.pause,
             )
             while True:
-                await asyncio.sleep(child.pause)
+                with contextlib.suppress(TimeoutError):  # the pause, cut short by a shutdown
+                    await asyncio.wait_for(self._stop_event.wait(), child.pause)
                 child.pause = min(RESTART_PAUSE[1], child.pause * 2)
                 if self._stopping:
                     return
@@ -278,6 +269,7 @@ class ServingProcesses:
     async def drain(self, grace: float) -> None:
         """SIGTERM to every child: each drains its calls within the grace period, as a single server would."""
         self._stopping = True
+        self._stop_event.set()
         for child in self.children:
             self._terminate(child)
         # A supervisor returns once its child has exited (one it started meanwhile is signalled too); before

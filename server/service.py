@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -42,7 +43,8 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
         self.derivative_messages = convert.DerivativeMessages(domain.urls)
         # Watchers of one target ask for the same rows at once: one query serves them all.
         self._reads: SingleFlight[Any] = SingleFlight()
-        self.progress_messages = convert.ProgressMessages()
+        # A bundle's final event (its signed URL) is reused for a tenth of the URL's lifetime, 5 s at most.
+        self.progress_messages = convert.ProgressMessages(bundle_ttl=min(5.0, domain.settings.url_expiry_seconds / 10))
         # A bundle's job, for its watchers: it changes only when a bundle whose job ended is rebuilt (and a bundle
         # goes only once built), so it is not read again while the hub follows that job live.
         self._bundle_jobs: ExpiringLRU[uuid.UUID, uuid.UUID] = ExpiringLRU(10_000)
@@ -256,17 +258,19 @@ class DerivativeService(pb_grpc.DerivativeServiceServicer):
             known = self._bundle_jobs.get(bundle_id)
             job_id = known if known is not None and self.d.hub.following(known) else await self._job_of(bundle_id)
         messages = self.progress_messages
-        async for update in self.d.hub.watch(job_id, request.after_seq):
-            # A bundle's watcher wants the bundle on the final event: its URL, size, name.
-            if not update.final or bundle_id is None:
-                yield messages.of(update)
-                continue
-            data = messages.get(update, bundle_id)
-            if data is None:
-                final_bundle = await self._final_bundle(bundle_id, update.event.seq)
-                # The first watcher back from the shared read encodes it, the others find it.
-                data = messages.get(update, bundle_id) or messages.encode(update, bundle_id, final_bundle)
-            yield data
+        # Closed here, at once, however the loop ends (a reaped bundle's NotFound): the hub counts its watchers.
+        async with contextlib.aclosing(self.d.hub.watch(job_id, request.after_seq)) as updates:
+            async for update in updates:
+                # A bundle's watcher wants the bundle on the final event: its URL, size, name.
+                if not update.final or bundle_id is None:
+                    yield messages.of(update)
+                    continue
+                data = messages.get(update, bundle_id)
+                if data is None:
+                    final_bundle = await self._final_bundle(bundle_id, update.event.seq)
+                    # The first watcher back from the shared read encodes it, the others find it.
+                    data = messages.get(update, bundle_id) or messages.encode(update, bundle_id, final_bundle)
+                yield data
 
     async def _job_of(self, bundle_id: uuid.UUID) -> uuid.UUID:
         """The bundle's job, read once for the watchers asking at once, and kept for the next ones."""

@@ -187,6 +187,14 @@ def test_serving_processes_stop_when_their_parent_is_killed(tmp_path: Path, post
         probe.listen()
 
 
+class LocalhostServer(ServerProcess):
+    """A server listening on localhost:PORT rather than 127.0.0.1:PORT."""
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.port}"
+
+
 @pytest.mark.parametrize("first_processes", [1, 2])
 def test_a_second_server_on_the_same_port_or_data_refuses_to_start(tmp_path: Path, first_processes: int) -> None:
     """`make run` twice: embedded Postgres (no DATABASE_URL), the same port, the same data directory."""
@@ -208,10 +216,16 @@ def test_a_second_server_on_the_same_port_or_data_refuses_to_start(tmp_path: Pat
                 {**env, "DERIVATIVES_DATA_DIR": str(tmp_path / "other1")},
                 "cannot listen on",
             ),
+            # Another spelling of the address (127.0.0.1 and ::1): still the same port, still refused.
+            "same port as localhost, other data, 2 processes": (
+                {**env, "DERIVATIVES_DATA_DIR": str(tmp_path / "other2"), "DERIVATIVES_SERVER_PROCESSES": "2"},
+                "cannot listen on",
+            ),
         }
         for name, (second_env, message) in attempts.items():
             log = tmp_path / f"{name}.log"
-            second = ServerProcess(second_env, log, port=first.port)
+            kind = LocalhostServer if "localhost" in name else ServerProcess
+            second = kind(second_env, log, port=first.port)
             try:
                 second.start(wait_serving=False)
                 assert second.proc is not None

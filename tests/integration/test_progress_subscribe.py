@@ -25,7 +25,7 @@ from tests.helpers import Stub, wait_job
 
 WORKER = "test-worker"
 HANG = 30.0  # seconds: only catches a hang
-AT_ONCE, CHANNELS = 4000, 8
+AT_ONCE, CHANNELS = 1500, 8
 LOCAL = [("grpc.use_local_subchannel_pool", 1)]  # each channel its own connection
 
 
