@@ -262,17 +262,6 @@ class S3Endpoint:
                 )
             time.sleep(0.1)
 
-    def wait_log(self, text: str, timeout: float = 60.0) -> None:
-        """Until the server's log has `text` (e.g. a parent's "2 serving processes on", once all of them serve)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log_path.read_text(errors="replace"):
-                return
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
-            time.sleep(0.1)
-        raise TimeoutError(f"{text!r} never appeared in the log:\n{self.tail()}")
-
     def tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -390,6 +379,17 @@ class ServerProcess:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
             time.sleep(0.1)
         raise TimeoutError(f"{text!r} never appeared in the log:\n{self.tail()}")
+
+    def run_to_exit(self, timeout: float = 120.0) -> int:
+        """Start a server expected to refuse to start; its exit code (it is stopped if it served after all)."""
+        try:
+            self.start(wait_serving=False)
+            assert self.proc is not None
+            code = self.proc.wait(timeout)
+            self.proc = None
+            return code
+        finally:
+            self.stop()
 
     def tail(self, lines: int = 40) -> str:
         try:

@@ -16,10 +16,7 @@ def test_a_second_server_on_the_same_port_refuses_to_start(tmp_path: Path, postg
         server_env("file", postgres.new_database("port"), tmp_path / "two", None), tmp_path / "two.log", port=first.port
     )
     try:
-        second.start(wait_serving=False)
-        assert second.proc is not None
-        code = second.proc.wait(60)
-        second.proc = None
+        code = second.run_to_exit()
         assert code == 1  # a clean refusal: not a crash (-11), not a hang
         log = (tmp_path / "two.log").read_text()
         assert "cannot listen on" in log and "another server" in log and "Traceback" not in log, log[-2000:]
@@ -40,13 +37,7 @@ def test_a_taken_http_port_stops_start_up_cleanly(tmp_path: Path, postgres: Post
         port = taken.getsockname()[1]
         env = server_env("file", postgres.new_database("http"), tmp_path / "data", None)
         server = ServerProcess({**env, "DERIVATIVES_HTTP_LISTEN": f"127.0.0.1:{port}"}, tmp_path / "server.log")
-        try:
-            server.start(wait_serving=False)
-            assert server.proc is not None
-            code = server.proc.wait(60)
-            server.proc = None
-        finally:
-            server.stop()
+        code = server.run_to_exit()
     log = (tmp_path / "server.log").read_text()
     assert code == 1, log[-2000:]
     assert f"cannot listen on 127.0.0.1:{port} (HTTP)" in log and "derivatives.host: stopped" in log

@@ -225,14 +225,7 @@ def test_a_second_server_on_the_same_port_or_data_refuses_to_start(tmp_path: Pat
         for name, (second_env, message) in attempts.items():
             log = tmp_path / f"{name}.log"
             kind = LocalhostServer if "localhost" in name else ServerProcess
-            second = kind(second_env, log, port=first.port)
-            try:
-                second.start(wait_serving=False)
-                assert second.proc is not None
-                code = second.proc.wait(120)
-                second.proc = None
-            finally:
-                second.stop()
+            code = kind(second_env, log, port=first.port).run_to_exit()
             text = log.read_text()
             assert code == 1, f"{name}: exit {code}\n{text[-2000:]}"
             assert message in text and "Traceback" not in text, f"{name}:\n{text[-2000:]}"

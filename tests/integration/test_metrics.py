@@ -216,14 +216,7 @@ def test_a_taken_metrics_port_stops_start_up_cleanly(tmp_path: Path, postgres: P
             "DERIVATIVES_LOG_LEVEL": "DEBUG",  # the metrics directory's path is a debug line
             "TMPDIR": str(tmp_path),  # where it is made: no trace left in the shared /tmp if the test fails
         }
-        server = ServerProcess(env, tmp_path / "server.log")
-        try:
-            server.start(wait_serving=False)
-            assert server.proc is not None
-            code = server.proc.wait(60)
-            server.proc = None
-        finally:
-            server.stop()
+        code = ServerProcess(env, tmp_path / "server.log").run_to_exit()
     log = (tmp_path / "server.log").read_text()
     assert code == 1, log[-2000:]
     assert f"cannot listen on 127.0.0.1:{port} (metrics)" in log and "derivatives.host: stopped" in log
