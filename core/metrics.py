@@ -628,6 +628,8 @@ class MetricsRole:
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError):
             pass  # a client that sent no complete request head, or left
+        except Exception as exc:  # a scrape that failed (an unreadable value file): one line, the connection closed
+            log.error("metrics: the scrape failed: %s: %s", type(exc).__name__, exc)
         finally:
             writer.close()
             with contextlib.suppress(Exception):
