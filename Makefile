@@ -98,4 +98,4 @@ bench: $(STAMP)  ## benchmarks (minutes; baselines need Debian's vipsthumbnail a
 	$(PY) -m bench.render
 
 clean:
-	rm -rf $(VENV) $(BUF_DIR) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BUF_DIR) .data .cluster .pytest_cache .mypy_cache .ruff_cache

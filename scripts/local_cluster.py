@@ -36,11 +36,22 @@ class Host:
     log: Path
     metrics: str
     process: subprocess.Popen[bytes] | None = None
+    log_start: int = 0  # where this run's lines begin in the log (a run appends to the last one's)
 
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.log_start = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(self.command, env=self.env, cwd=ROOT, stdout=out, stderr=out)
+
+    def lines(self) -> list[str]:
+        """This run's log lines."""
+        try:
+            with open(self.log, "rb") as log:
+                log.seek(self.log_start)
+                return log.read().decode(errors="replace").splitlines()
+        except OSError:
+            return []
 
     def stop(self, timeout: float = 60.0) -> int | None:
         if self.process is None:
@@ -66,13 +77,9 @@ def wait_until(what: str, check: object, hosts: list[Host], timeout: float = 120
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def started(log: Path, role: str) -> bool:
-    """Whether the host's log says it started with `role` among its roles."""
-    try:
-        lines = log.read_text().splitlines()
-    except OSError:
-        return False
-    return any("derivatives.host: started:" in line and role in line.split("started:")[1] for line in lines)
+def started(host: Host, role: str) -> bool:
+    """Whether the host's log says, in this run, that it started with `role` among its roles."""
+    return any("derivatives.host: started:" in line and role in line.split("started:")[1] for line in host.lines())
 
 
 def metrics_addresses(spec: str, hosts: int) -> list[str]:
@@ -126,7 +133,7 @@ def smoke(address: str, hosts: list[Host]) -> None:
     events = list(stubs[2].WatchProgress(pb.WatchProgressRequest(bundle_id=bundle.bundle_id), timeout=300))
     print(f"16 assets, 1 work, its PDF: {pb.BundleStatus.Name(events[-1].bundle.status)}")
     for host in hosts:  # the runner logs each job it finished
-        done = host.log.read_text().count(": succeeded (")
+        done = sum(": succeeded (" in line for line in host.lines())
         print(f"  {host.name}: ran {done} job(s)")
     for host in hosts:
         if host.metrics:
@@ -137,10 +144,14 @@ def smoke(address: str, hosts: list[Host]) -> None:
         channel.close()
 
 
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and each option's default."""
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
     parser.add_argument("--serving", type=int, default=2, help="serving processes of the server host (N)")
-    parser.add_argument("--worker-hosts", type=int, default=1, help="worker hosts beside it (M)")
+    parser.add_argument("--worker-hosts", type=int, default=2, help="worker hosts beside it (M)")
     parser.add_argument("--workers", type=int, default=1, help="pool processes per host (DERIVATIVES_WORKERS)")
     parser.add_argument("--port", type=int, default=50051, help="the gRPC port")
     parser.add_argument(
@@ -197,7 +208,7 @@ def main() -> int:
         serving = "serving-processes" if args.serving > 1 else "grpc"  # the parent's line, after its children's
         for host in hosts:
             role = serving if host is hosts[0] else "runner"
-            wait_until(f"{host.name} to start", lambda h=host, r=role: started(h.log, r), hosts)  # type: ignore[misc]
+            wait_until(f"{host.name} to start", lambda h=host, r=role: started(h, r), hosts)  # type: ignore[misc]
         for host in hosts:
             print(
                 f"{host.name}: pid {host.process.pid if host.process else '?'}, log {host.log}"
