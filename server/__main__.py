@@ -15,8 +15,7 @@ from core.config import settings_or_exit
 from core.host import Host, Role, registry_or_exit
 from core.logs import configure_logging
 from server.auth import Security
-from server.grpc_role import GrpcRole
-from server.http_role import HttpRole
+from server.grpc_role import serving_roles
 from server.processes import ServingProcesses
 from worker.host import base_roles, runner_roles
 
@@ -33,7 +32,7 @@ def main() -> None:
     if settings.server_processes > 1:  # a parent: N children serve (server/processes.py), it owns the rest
         serving = [ServingProcesses(settings)]
     else:
-        serving = [GrpcRole(security), *([HttpRole(security)] if settings.http_listen else [])]
+        serving = serving_roles(settings, security)
     roles = [*base_roles(settings), *serving, *runner_roles(settings, settings.workers)]
     asyncio.run(Host(settings, registry, roles, name="derivatives-server").run())
 

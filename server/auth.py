@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -37,6 +38,7 @@ from grpc_status import rpc_status
 from core import logs
 from core.config import Settings, split_listen
 from core.errors import PermissionDenied, Reason, Unauthenticated
+from server.handlers import Kind, wrap
 from server.rpc_trace import call_ended
 from server.status import to_status
 
@@ -366,47 +368,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method: str = details.method
         if handler is None or not method.startswith(SERVICE):
             return handler
-        return _wrap(handler, method, self._admit)
 
+        @contextlib.asynccontextmanager
+        async def admitted(kind: Kind, context: Any) -> AsyncIterator[None]:
+            await self._admit(method, context)  # in the call's own context: its log lines name the caller
+            yield
 
-Admit = Callable[[str, Any], Awaitable[None]]
-
-
-def _wrap(handler: grpc.RpcMethodHandler, method: str, admit: Admit) -> grpc.RpcMethodHandler:
-    """The same handler with `admit` run first, in the call's own context (so its log lines name the caller)."""
-    serializers = dict(
-        request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
-    if handler.unary_unary is not None:
-        inner_uu = handler.unary_unary
-
-        async def unary_unary(request: Any, context: Any) -> Any:
-            await admit(method, context)
-            return await inner_uu(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **serializers)
-    if handler.stream_unary is not None:
-        inner_su = handler.stream_unary
-
-        async def stream_unary(requests: Any, context: Any) -> Any:
-            await admit(method, context)
-            return await inner_su(requests, context)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, **serializers)
-    if handler.unary_stream is not None:
-        inner_us = handler.unary_stream
-
-        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            await admit(method, context)
-            async for item in inner_us(request, context):
-                yield item
-
-        return grpc.unary_stream_rpc_method_handler(unary_stream, **serializers)
-    inner_ss = handler.stream_stream
-
-    async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-        await admit(method, context)
-        async for item in inner_ss(requests, context):
-            yield item
-
-    return grpc.stream_stream_rpc_method_handler(stream_stream, **serializers)
+        return wrap(handler, admitted)

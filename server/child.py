@@ -20,8 +20,7 @@ from core.logs import configure_logging
 from core.tracing import TracingRole
 from core.tracing import configured as tracing_configured
 from server.auth import Security
-from server.grpc_role import GrpcRole
-from server.http_role import HttpRole
+from server.grpc_role import serving_roles
 
 PARENT_CHECK_SECONDS = 1.0
 ORPHAN_GRACE_SECONDS = 1.0  # in-flight calls get this long when the parent is gone (its restart wants the port)
@@ -65,9 +64,7 @@ def main() -> None:
     security = Security.plan(settings)
     # Tracing first (its RPC interceptor is added only if it is on when gRPC starts), flushed last.
     roles: list[Role] = [TracingRole()] if tracing_configured() else []
-    roles += [DomainRole(), GrpcRole(security, reuse_port=True)]
-    if settings.http_listen:
-        roles.append(HttpRole(security, reuse_port=True))
+    roles += [DomainRole(), *serving_roles(settings, security, reuse_port=True)]
     host = Host(settings, registry, roles, name=f"derivatives-server-{args.index}")
     asyncio.run(_serve(host, args.ready_fd, args.parent))
 

@@ -9,13 +9,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from core.host import HostContext
+from core.config import Settings
+from core.host import HostContext, Role
 from core.progress import ProgressHub
 from derivatives.v1 import derivatives_pb2
 from server import metrics_interceptor, rpc_trace
 from server.auth import Security
 from server.health import HealthMonitor
-from server.ports import PortLock, PortLocked, port_of
+from server.http_role import HttpRole
+from server.ports import PortLock, PortLocked
 from server.service import DerivativeService, add_to_server
 
 log = logging.getLogger("derivatives.server")
@@ -78,8 +80,6 @@ class GrpcRole:
                 ],
                 server,
             )
-        if not self.reuse_port:  # a server of its own (the serving children share their parent's lock)
-            self._lock_port(settings.listen, port_of(settings.listen))
         try:
             if security.server_credentials is not None:
                 port = server.add_secure_port(settings.listen, security.server_credentials)
@@ -89,8 +89,11 @@ class GrpcRole:
             port = 0
         if port == 0:
             raise SystemExit(f"cannot listen on {settings.listen}: is another server running there?")
-        if not self.reuse_port and self.lock is None and port_of(settings.listen) is None and port > 0:
-            self._lock_port(settings.listen, port)  # port 0 chose it: locked now
+        if not self.reuse_port and not settings.listen.startswith(("unix:", "unix-abstract:")):
+            try:  # a server of its own holds its port's lock (server/ports.py); children share their parent's
+                self.lock = PortLock.take(port, settings.listen)
+            except PortLocked as exc:
+                raise SystemExit(str(exc)) from None
         await asyncio.to_thread(domain.assets.sweep_tmp)  # this process takes the uploads
         self.monitor = monitor
         await monitor.start()  # the first probe also creates the buckets
@@ -113,18 +116,17 @@ class GrpcRole:
         if self.server is not None:
             await self.server.stop(grace)
 
-    def _lock_port(self, listen: str, port: int | None) -> None:
-        if port is None:
-            return
-        lock = PortLock(port)
-        try:
-            lock.acquire()
-        except PortLocked as exc:
-            raise SystemExit(f"cannot listen on {listen}: is another server running there? ({exc})") from None
-        self.lock = lock
-
     async def stop(self) -> None:
         if self.hub is not None:
             await self.hub.stop()
         if self.lock is not None:
             self.lock.release()
+
+
+def serving_roles(settings: Settings, security: Security, *, reuse_port: bool = False) -> list[Role]:
+    """What serves calls in one process: gRPC, and the HTTP face when it has a listen address. `reuse_port`: one
+    of a host's serving processes (server/child.py), sharing the port its parent holds."""
+    roles: list[Role] = [GrpcRole(security, reuse_port=reuse_port)]
+    if settings.http_listen:
+        roles.append(HttpRole(security, reuse_port=reuse_port))
+    return roles

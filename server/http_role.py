@@ -70,13 +70,11 @@ class HttpRole:
         except OSError as exc:
             raise SystemExit(f"cannot listen on {settings.http_listen} (HTTP): {exc.strerror}") from None
         if not self.reuse_port:  # a server of its own: the port's lock (server/ports.py); children share the parent's
-            lock = PortLock(sock.getsockname()[1])
             try:
-                lock.acquire()
+                self.lock = PortLock.take(sock.getsockname()[1], f"{settings.http_listen} (HTTP)")
             except PortLocked as exc:
                 sock.close()
-                raise SystemExit(f"cannot listen on {settings.http_listen} (HTTP): {exc}") from None
-            self.lock = lock
+                raise SystemExit(str(exc)) from None
         self._task = asyncio.create_task(_serve(server, sock), name="http")
         while not server.started:
             if self._task.done():

@@ -15,7 +15,7 @@ import socket
 
 
 class PortLocked(Exception):
-    """Another derivatives server holds this port."""
+    """Another derivatives server holds this port; the message is the one-line refusal to print."""
 
 
 class PortLock:
@@ -23,18 +23,22 @@ class PortLock:
         self.port = port
         self.sock: socket.socket | None = None
 
-    @property
-    def name(self) -> str:
-        return f"derivatives-listen-{self.port}"
-
-    def acquire(self) -> None:
+    @classmethod
+    def take(cls, port: int, listen: str) -> PortLock:
+        """The port's lock, held; PortLocked naming `listen` (what the server was asked to listen on) if another
+        server holds it. Taken once the port is bound: port 0 has become a number then."""
+        lock = cls(port)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind("\0" + self.name)
+            sock.bind(f"\0derivatives-listen-{port}")
         except OSError:
             sock.close()
-            raise PortLocked(f"another derivatives server holds port {self.port}") from None
-        self.sock = sock
+            raise PortLocked(
+                f"cannot listen on {listen}: is another server running there? "
+                f"(another derivatives server holds port {port})"
+            ) from None
+        lock.sock = sock
+        return lock
 
     def fileno(self) -> int:
         """The descriptor children inherit (pass_fds) to keep the lock while they live."""
@@ -45,11 +49,3 @@ class PortLock:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-
-
-def port_of(listen: str) -> int | None:
-    """The TCP port of a listen address; None for a Unix socket or a port still to be chosen (0)."""
-    if listen.startswith(("unix:", "unix-abstract:")):
-        return None
-    port = int(listen.rpartition(":")[2])
-    return port or None

@@ -63,10 +63,8 @@ class PortClaim:
         self.lock: PortLock | None = None
 
     def bind(self) -> str:
-        """Lock the port, bind every address of `listen`; the resolved `host:port` (port 0: the port bound)."""
+        """Bind every address of `listen`, lock the port; the resolved `host:port` (port 0: the port bound)."""
         host, port = split_listen(self.listen)
-        if port:
-            self._lock_port(port)
         try:
             infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
             for family, kind, proto, _, address in infos:
@@ -85,20 +83,12 @@ class PortClaim:
             raise PortTaken(
                 f"cannot listen on {self.listen}{self.what}: is another server running there? ({exc.strerror})"
             ) from None
-        if self.lock is None:
-            self._lock_port(port)
-        return f"{self.listen.rpartition(':')[0]}:{port}"
-
-    def _lock_port(self, port: int) -> None:
-        lock = PortLock(port)
         try:
-            lock.acquire()
+            self.lock = PortLock.take(port, f"{self.listen}{self.what}")
         except PortLocked as exc:
             self.close()
-            raise PortTaken(
-                f"cannot listen on {self.listen}{self.what}: is another server running there? ({exc})"
-            ) from None
-        self.lock = lock
+            raise PortTaken(str(exc)) from None
+        return f"{self.listen.rpartition(':')[0]}:{port}"
 
     def close(self) -> None:
         for sock in self.sockets:
